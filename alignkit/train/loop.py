@@ -1,0 +1,252 @@
+"""The small pieces every training recipe shares: accelerator, optimizer, schedule, batching, logging, saving.
+
+Recipes (sft.py, reward.py, dpo.py, ...) read top to bottom and call these; there is
+no base Trainer class with hooks to chase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import AlignkitError
+
+log = logging.getLogger("alignkit")
+
+
+# ---------------------------------------------------------------- setup
+
+def make_accelerator(args):
+    """An `accelerate.Accelerator` for the config's precision; DDP/FSDP/DeepSpeed come from `accelerate launch`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision if args.mixed_precision != "no" else "no")
+    set_seed(args.seed)
+    return accelerator
+
+
+def build_optimizer(model, args) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and norm weights get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    if not decay and not no_decay:
+        raise AlignkitError("the model has no trainable parameters; check lora_r and target_modules")
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.adam_betas))
+
+
+def build_scheduler(optimizer, args, total_steps: int):
+    """Warmup then linear/cosine decay (or constant), stepped once per optimizer step."""
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(args.lr_scheduler, args.lr_scheduler)
+    warmup = int(math.ceil(args.warmup_ratio * total_steps))
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def total_optimizer_steps(num_rows: int, args, world_size: int = 1) -> int:
+    """Optimizer steps for the run: `max_steps`, or enough for `num_epochs` over `num_rows`."""
+    if args.max_steps > 0:
+        return args.max_steps
+    per_step = args.batch_size * args.grad_accum_steps * world_size
+    return max(1, math.ceil(num_rows * args.num_epochs / per_step))
+
+
+def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded (train, held-out) split; at least one row each side when there are two or more."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+# ---------------------------------------------------------------- batching
+
+class BatchStream:
+    """Endless micro-batches of row indices for one process, reshuffled each epoch.
+
+    Each optimizer step consumes `grad_accum_steps` micro-batches per process; process
+    `rank` of `world_size` takes every world_size-th micro-batch, so the union over
+    processes is the same global batch a single process would see.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, lengths=None):
+        if num_rows == 0:
+            raise AlignkitError("no training rows are left after tokenization; see the data report above")
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.rank, self.world_size, self.lengths = rank, world_size, lengths
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        from alignkit.data.collate import length_grouped_order
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.lengths is not None:
+            return length_grouped_order(self.lengths, self.batch_size, generator)
+        return torch.randperm(self.num_rows, generator=generator).tolist()
+
+    def _take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffle()
+            take = self._order[self.position:self.position + count - len(out)]
+            out += take
+            self.position += len(take)
+        return out
+
+    def next_step(self, grad_accum_steps: int) -> list[list[int]]:
+        """This process's micro-batches for the next optimizer step."""
+        global_rows = self._take(self.batch_size * grad_accum_steps * self.world_size)
+        micro = [global_rows[i:i + self.batch_size] for i in range(0, len(global_rows), self.batch_size)]
+        return micro[self.rank::self.world_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffle()
+
+    @property
+    def fractional_epoch(self) -> float:
+        return self.epoch + self.position / max(1, len(self._order))
+
+
+def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
+    """Sum of a scalar over processes (a no-op with one)."""
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(value.detach().clone().to(accelerator.device), reduction="sum")
+
+
+# ---------------------------------------------------------------- logging
+
+class MetricsLogger:
+    """One JSON object per logged step in `<output_dir>/metrics.jsonl`, plus TensorBoard scalars."""
+
+    def __init__(self, output_dir: str | Path, report_to=("jsonl", "tensorboard"), enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            if "tensorboard" in report_to:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        self.report_to = report_to
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        if "jsonl" in self.report_to:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+class Throughput:
+    """Tokens per second over the time spent in the training loop proper."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self._start = 0, 0.0, None
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self, tokens: int) -> float:
+        elapsed = time.perf_counter() - self._start
+        self.tokens += tokens
+        self.seconds += elapsed
+        return tokens / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+# ---------------------------------------------------------------- saving
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path):
+    """Yields a temporary folder beside `target` and renames it to `target` only if the block succeeds.
+
+    An existing `target` stays in place, and loadable, until the new one is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(accelerator, model, tokenizer, output_dir: str | Path, merge_lora: bool = True, extra_files: dict | None = None) -> Path:
+    """Saves the final model as `<output_dir>/model` (a plain HF directory); LoRA adds `<output_dir>/adapter`.
+
+    With LoRA and `merge_lora`, `model/` holds the adapter merged into the base, so
+    `AutoModelForCausalLM.from_pretrained(output_dir + "/model")` needs no peft.
+    """
+    output_dir = Path(output_dir)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return output_dir / "model"
+    model = accelerator.unwrap_model(model)
+    is_peft = hasattr(model, "peft_config")
+    if is_peft:
+        with atomic_directory(output_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        if not merge_lora:
+            return output_dir / "adapter"
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    with atomic_directory(output_dir / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, content in (extra_files or {}).items():
+            Path(tmp, name).write_text(content)
+    return output_dir / "model"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Atomic JSON write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
