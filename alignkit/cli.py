@@ -18,11 +18,11 @@ from alignkit.errors import AlignkitError
 # command -> (config class path, run function path, one-line description)
 STAGES = {
     "sft": ("alignkit.config:SFTConfig", "alignkit.train.sft:train_sft", "supervised fine-tuning, loss on responses only"),
+    "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo on the embedded model and hhh-mini"),
 }
 # other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
 COMMANDS = {
     "data": ("alignkit.data.cli", "datasets: make built-in tasks, inspect files"),
-    "demo": ("alignkit.demo", "run the demo pipeline on the embedded model and hhh-mini"),
 }
 
 

@@ -232,3 +232,65 @@ def to_dict(config) -> dict:
 
 def save_config(config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+@dataclass
+class DirectAlignmentArgs(TrainArgs):
+    """What DPO and KTO share: data, the reference policy and its log-prob cache."""
+
+    data: str = option("", "Training data: file (jsonl/json/parquet/csv), datasets directory or hub id.")
+    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
+    eval_data: str = option("", "Held-out data; empty splits eval_fraction off the training data.")
+    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
+    output_dir: str = option("runs/dpo", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
+    learning_rate: float = option(1e-6, "Peak AdamW learning rate (TRL's DPO default; LoRA wants ~10-100x more).")
+    beta: float | None = option(None, "Strength of the pull toward the reference (must be > 0); empty uses the loss's default: 0.1, 2.0 for simpo.")
+    reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy), adapter (the LoRA base with adapters off), precompute (log-probs computed once and cached on disk).")
+    reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
+    ref_cache_dir: str = option("", "Folder for precomputed reference log-probs (keyed by model weights and data); empty uses $ALIGNKIT_CACHE/reference_logps.")
+    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+
+    def validate(self) -> None:
+        super().validate()
+        choose(self, "reference", ("auto", "copy", "adapter", "precompute"))
+        if isinstance(self.beta, str):  # `_coerce` passes `float | None` values through as given
+            self.beta = None if self.beta.strip().lower() in ("", "none", "null") else _coerce(self.beta, float, "beta", "config")
+        if self.beta is not None and self.beta <= 0:
+            raise AlignkitError(f"beta must be positive (it scales the log-ratios), got {self.beta}; DPO's usual range is 0.01-0.5")
+        if self.reference == "adapter" and self.lora_r == 0:
+            raise AlignkitError("reference: adapter needs LoRA (set lora_r > 0); full fine-tuning uses reference: copy or precompute")
+        if not 0 <= self.eval_fraction < 1:
+            raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class DPOConfig(DirectAlignmentArgs):
+    """`alignkit dpo`: direct preference optimization and its variants on (prompt, chosen, rejected) pairs."""
+
+    loss_type: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
+    label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
+    gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
+
+    def validate(self) -> None:
+        super().validate()
+        choose(self, "loss_type", ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"))
+        if not 0 <= self.label_smoothing < 0.5:
+            raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+@dataclass
+class KTOConfig(DirectAlignmentArgs):
+    """`alignkit kto`: Kahneman-Tversky optimization on unpaired (prompt, completion, label) rows."""
+
+    output_dir: str = option("runs/kto", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
+    learning_rate: float = option(1e-6, "Peak AdamW learning rate (TRL's KTO default; LoRA wants ~10-100x more).")
+    beta: float | None = option(None, "Sharpness of the KTO value function (must be > 0); empty uses 0.1.")
+    desirable_weight: float = option(1.0, "lambda_D, the weight of desirable rows; keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3].")
+    undesirable_weight: float = option(1.0, "lambda_U, the weight of undesirable rows.")
+    from_preference: bool = option(False, "Read (prompt, chosen, rejected) data as one desirable and one undesirable row per pair.")
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, key) <= 0:
+                raise AlignkitError(f"{key} must be positive, got {getattr(self, key)}")

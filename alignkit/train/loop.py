@@ -28,8 +28,12 @@ log = logging.getLogger("alignkit")
 def make_accelerator(args):
     """An `accelerate.Accelerator` for the config's precision; DDP/FSDP/DeepSpeed come from `accelerate launch`."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
+    # Stages run one after another in one process (pipeline, tests) may want different
+    # precisions; the process group (PartialState) survives the reset.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=args.mixed_precision if args.mixed_precision != "no" else "no")
     set_seed(args.seed)
     return accelerator
@@ -174,13 +178,13 @@ class Throughput:
     """Tokens per second over the time spent in the training loop proper."""
 
     def __init__(self):
-        self.tokens, self.seconds, self._start = 0, 0.0, None
+        self.tokens, self.seconds, self.last_seconds, self._start = 0, 0.0, 0.0, None
 
     def start(self) -> None:
         self._start = time.perf_counter()
 
     def stop(self, tokens: int) -> float:
-        elapsed = time.perf_counter() - self._start
+        elapsed = self.last_seconds = time.perf_counter() - self._start
         self.tokens += tokens
         self.seconds += elapsed
         return tokens / elapsed if elapsed > 0 else 0.0

@@ -98,7 +98,7 @@ def train_sft(config: SFTConfig) -> dict:
 
     model.train()
     history = []
-    progress = tqdm(range(1, steps + 1), desc="sft", disable=not accelerator.is_local_main_process)
+    progress = tqdm(range(1, steps + 1), desc="sft", disable=not accelerator.is_local_main_process, mininterval=5)
     for step in progress:
         throughput.start()
         micro_batches = [collate_lm([train[i] for i in rows], pad_id) for rows in stream.next_step(config.grad_accum_steps)]
@@ -119,7 +119,7 @@ def train_sft(config: SFTConfig) -> dict:
         tokens_per_s = throughput.stop(tokens)
 
         metrics = {"loss": global_sum(accelerator, step_loss).item(), "lr": scheduler.get_last_lr()[0],
-                   "epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s}
+                   "epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s, "step_seconds": throughput.last_seconds}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if held_out and config.eval_every and step % config.eval_every == 0 and step != steps:
