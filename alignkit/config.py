@@ -64,6 +64,9 @@ class TrainArgs(ModelArgs):
     save_every: int = option(0, "Write a checkpoint every N optimizer steps (0: only the final model).")
     logging_every: int = option(1, "Log metrics every N optimizer steps.")
     report_to: list = option(["jsonl", "tensorboard"], "Metric sinks: jsonl, tensorboard.")
+    resume: str = option("", "Continue a run: `auto` (the newest checkpoint in output_dir, if any) or a checkpoint-N folder.")
+    save_total_limit: int = option(0, "Keep only the newest N checkpoints (0 keeps all).")
+    max_nan_steps: int = option(5, "Stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped).")
 
     def validate(self) -> None:
         choose(self, "lr_scheduler", ("linear", "cosine", "constant"))
@@ -249,6 +252,7 @@ class DirectAlignmentArgs(TrainArgs):
     reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
     ref_cache_dir: str = option("", "Folder for precomputed reference log-probs (keyed by model weights and data); empty uses $ALIGNKIT_CACHE/reference_logps.")
     merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+    share_prompt: bool = option(True, "Run each prompt once for both of its completions (one row, a 4D attention mask); needs sdpa or eager attention.")
 
     def validate(self) -> None:
         super().validate()
@@ -267,13 +271,13 @@ class DirectAlignmentArgs(TrainArgs):
 class DPOConfig(DirectAlignmentArgs):
     """`alignkit dpo`: direct preference optimization and its variants on (prompt, chosen, rejected) pairs."""
 
-    loss_type: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
+    loss: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
     label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
     gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
 
     def validate(self) -> None:
         super().validate()
-        choose(self, "loss_type", ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"))
+        choose(self, "loss", ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"))
         if not 0 <= self.label_smoothing < 0.5:
             raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -294,3 +298,161 @@ class KTOConfig(DirectAlignmentArgs):
         for key in ("desirable_weight", "undesirable_weight"):
             if getattr(self, key) <= 0:
                 raise AlignkitError(f"{key} must be positive, got {getattr(self, key)}")
+
+
+@dataclass
+class PPOConfig(TrainArgs):
+    """`alignkit ppo`: online policy optimisation (PPO with a value model by default; REINFORCE, RLOO, GRPO selectable)."""
+
+    output_dir: str = option("runs/ppo", "Where the final model, metrics.jsonl and TensorBoard logs go.")
+    data: str = option("", "Prompts (any rows with a `prompt` column; other columns are passed to reward functions).")
+    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
+    eval_data: str = option("", "Held-out prompts, answered greedily and scored at the start, every eval_every steps and at the end.")
+    eval_rows: int = option(0, "Use only the first N held-out prompts (0: all).")
+    eval_reward_function: str = option("", "An extra judge for evaluation only, module:function or hhh-mini-gold (logged as eval/gold).")
+    learning_rate: float = option(1e-5, "Peak AdamW learning rate.")
+    lr_scheduler: str = option("constant", "linear, cosine or constant (each after warmup).")
+    warmup_ratio: float = option(0.0, "Fraction of optimizer steps spent warming up.")
+    num_epochs: float = option(1.0, "Passes over the prompts (each step samples prompts_per_step of them).")
+    max_steps: int = option(-1, "Stop after this many rollout steps; -1 uses num_epochs.")
+    batch_size: int = option(8, "Responses per forward pass (micro-batch); a minibatch accumulates over several.")
+    truncation_mode: str = option("drop", "Prompts longer than max_prompt_length: drop (counted and reported) or truncate (keep the end).")
+    # rollout
+    prompts_per_step: int = option(16, "Prompts sampled per rollout step.")
+    group_size: int = option(1, "Responses sampled per prompt (G); rloo and grpo need 2 or more.")
+    max_prompt_length: int = option(256, "Longest prompt in tokens (after the chat template).")
+    max_new_tokens: int = option(64, "Longest response; one that hits it without EOS is truncated (see missing_eos_penalty).")
+    temperature: float = option(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
+    top_p: float = option(1.0, "Nucleus sampling threshold (1.0 samples from the whole distribution).")
+    generation_batch_size: int = option(0, "Sequences per generate call (0: the whole rollout at once).")
+    generation_backend: str = option("hf", "hf (transformers generate with KV cache) or vllm (GPU only, pip install alignkit[vllm]).")
+    vllm_gpu_memory_utilization: float = option(0.3, "Share of GPU memory vLLM may take (generation_backend: vllm).")
+    missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.")
+    mask_truncated_completions: bool = option(False, "Leave responses without EOS out of the loss entirely (counted in response/masked).")
+    # rewards
+    reward_model: str = option("", "A trained reward model or ensemble directory.")
+    reward_function: str = option("", "A Python reward, module:function or path/file.py:function, called fn(prompts, responses, **columns); hhh-mini-gold is the hhh-mini judge.")
+    reward_url: str = option("", "An HTTP reward endpoint: POST JSON {prompts, responses, ...columns} -> a list of numbers or {rewards: [...]}.")
+    rewards: list = option([], "Several reward sources summed with weights: [{type: model|function|http, weight: 1.0, ...}] (see alignkit.rl.rewards).")
+    reward_conservative_k: float = option(0.0, "With a reward-model ensemble, score mean - k * std (0: the mean).")
+    reward_normalize: bool = option(True, "Standardise rewards with running mean/std over every reward seen so far.")
+    reward_clip: float = option(0.0, "Clip the (normalised) reward to [-c, c]; 0 disables.")
+    reward_on_invalid: str = option("skip", "A NaN/None reward: skip (leave the response out, counted in reward/skipped) or error.")
+    reward_timeout: float = option(30.0, "Seconds to wait for the reward endpoint.")
+    reward_retries: int = option(2, "Retries when the reward endpoint does not answer.")
+    # advantages and losses
+    advantage: str = option("gae", "Advantage estimator: gae, reinforce, reinforce_baseline, rloo or grpo.")
+    gamma: float = option(1.0, "Discount over response tokens.")
+    lam: float = option(0.95, "GAE lambda.")
+    whiten_advantages: bool = option(True, "Standardise advantages over the rollout's tokens.")
+    scale_rewards: bool = option(True, "grpo: divide by the group's reward std (False: Dr. GRPO, mean-centring only).")
+    policy_loss: str = option("ppo_clip", "ppo_clip or reinforce (the plain -A log pi surrogate).")
+    loss_aggregation: str = option("token_mean", "token_mean, sequence_mean (original GRPO) or constant (Dr. GRPO: / max_new_tokens).")
+    ppo_epochs: int = option(4, "Passes over each rollout.")
+    num_minibatches: int = option(1, "Optimizer steps per pass over a rollout.")
+    clip_range: float = option(0.2, "PPO ratio clip epsilon.")
+    clip_range_high: float = option(0.0, "Upper clip epsilon (0: same as clip_range; larger is DAPO's clip-higher).")
+    target_kl: float = option(0.0, "Stop a rollout's remaining minibatches once policy/approx_kl exceeds this (0: never).")
+    ent_coef: float = option(0.0, "Entropy bonus coefficient.")
+    value_model: str = option("head", "gae's value model: head (on the policy backbone), policy (separate critic from the policy), reward (critic from the reward model).")
+    vf_coef: float = option(0.1, "Value loss coefficient.")
+    vf_clip: float = option(0.2, "Value clipping range (0 disables).")
+    # KL to the reference
+    reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy) or adapter (LoRA base, adapters off).")
+    reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
+    kl_estimator: str = option("k1", "Per-token KL estimator: k1, k2 or k3.")
+    kl_in: str = option("reward", "Where the KL term goes: reward (-beta*kl per token, PPO style) or loss (+beta*kl, GRPO style).")
+    kl_coef: float = option(0.05, "beta, the KL coefficient (initial value with adaptive control).")
+    kl_control: str = option("fixed", "fixed or adaptive (Ziegler et al. 2019: beta tracks kl_target).")
+    kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.")
+    kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.")
+    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+
+    def validate(self) -> None:
+        super().validate()
+        from alignkit.rl.advantages import ESTIMATORS, NEEDS_GROUPS
+
+        choose(self, "advantage", tuple(ESTIMATORS))
+        choose(self, "policy_loss", ("ppo_clip", "reinforce"))
+        choose(self, "loss_aggregation", ("token_mean", "sequence_mean", "constant"))
+        choose(self, "value_model", ("head", "policy", "reward"))
+        choose(self, "kl_estimator", ("k1", "k2", "k3"))
+        choose(self, "kl_in", ("reward", "loss"))
+        choose(self, "kl_control", ("fixed", "adaptive"))
+        choose(self, "reference", ("auto", "copy", "adapter"))
+        choose(self, "generation_backend", ("hf", "vllm"))
+        choose(self, "reward_on_invalid", ("skip", "error"))
+        for key in ("prompts_per_step", "group_size", "max_prompt_length", "max_new_tokens", "ppo_epochs", "num_minibatches"):
+            if getattr(self, key) < 1:
+                raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.advantage in NEEDS_GROUPS and self.group_size < 2:
+            raise AlignkitError(f"advantage: {self.advantage} compares responses to the same prompt; set group_size to 2 or more")
+        if self.num_minibatches > self.prompts_per_step * self.group_size:
+            raise AlignkitError(f"num_minibatches={self.num_minibatches} is more than the {self.prompts_per_step * self.group_size} responses per rollout")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise AlignkitError(f"temperature must be > 0 and top_p in (0, 1]; got {self.temperature}, {self.top_p}")
+        if self.kl_coef < 0:
+            raise AlignkitError(f"kl_coef must be 0 or more, got {self.kl_coef}")
+        if self.kl_control == "adaptive" and (self.kl_target <= 0 or self.kl_horizon <= 0):
+            raise AlignkitError("kl_control: adaptive needs kl_target > 0 and kl_horizon > 0")
+        if self.grad_accum_steps != 1:
+            raise AlignkitError("grad_accum_steps is not used by online RL: a minibatch is rollout/num_minibatches responses, run in batch_size pieces")
+        if self.max_prompt_length + self.max_new_tokens > self.max_length:
+            raise AlignkitError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) exceeds max_length={self.max_length}; raise max_length")
+        if self.reference == "adapter" and self.lora_r == 0:
+            raise AlignkitError("reference: adapter needs LoRA (set lora_r > 0); full fine-tuning uses reference: copy")
+        if not (self.reward_model or self.reward_function or self.reward_url or self.rewards):
+            raise AlignkitError("no reward configured: set reward_model, reward_function (e.g. hhh-mini-gold), reward_url or rewards")
+        if self.value_model == "reward" and self.advantage == "gae" and not self.reward_model:
+            raise AlignkitError("value_model: reward initialises the critic from reward_model; set reward_model or use value_model: head")
+
+
+@dataclass
+class GRPOConfig(PPOConfig):
+    """`alignkit grpo`: group-relative policy optimisation (Shao et al. 2024): G responses per prompt, no value model,
+    KL to the reference in the loss. Any PPOConfig key works; only the defaults differ."""
+
+    output_dir: str = option("runs/grpo", "Where the final model, metrics.jsonl and TensorBoard logs go.")
+    group_size: int = option(4, "Responses sampled per prompt (G).")
+    advantage: str = option("grpo", "Advantage estimator: grpo, rloo, reinforce, reinforce_baseline or gae.")
+    whiten_advantages: bool = option(False, "Standardise advantages over the rollout's tokens (grpo already normalises per group).")
+    reward_normalize: bool = option(False, "Standardise rewards with running statistics (group normalisation makes it moot for grpo).")
+    ppo_epochs: int = option(1, "Passes over each rollout (GRPO's mu).")
+    kl_estimator: str = option("k3", "Per-token KL estimator: k1, k2 or k3 (GRPO uses k3, always >= 0).")
+    kl_in: str = option("loss", "Where the KL term goes: loss (+beta*kl, GRPO style) or reward (PPO style).")
+    kl_coef: float = option(0.04, "beta, the KL coefficient (the GRPO paper's 0.04).")
+
+
+@dataclass
+class RewardConfig(TrainArgs):
+    """`alignkit reward`: a Bradley-Terry reward model (or an ensemble of K) on (prompt, chosen, rejected) pairs."""
+
+    data: str = option("", "Preference data (prompt, chosen, rejected; optional margin, strength): file, datasets directory or hub id.")
+    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
+    eval_data: str = option("", "Held-out preference data; empty splits eval_fraction off the training data.")
+    eval_fraction: float = option(0.05, "Share of training pairs held out when eval_data is empty.")
+    output_dir: str = option("runs/reward", "Where the reward model (<output_dir>/model, or member-*/ for an ensemble), metrics.jsonl and logs go.")
+    learning_rate: float = option(1e-5, "Peak AdamW learning rate (full fine-tuning; LoRA wants ~10-50x more).")
+    center_rewards_coefficient: float = option(0.0, "Adds coef * mean((r_chosen + r_rejected)^2) to pull rewards toward mean 0 (Eisenstein et al. 2023 use 0.01); 0 disables.")
+    label_smoothing: float = option(0.0, "Assumed rate of flipped labels eps in [0, 0.5): loss -(1-eps) log s(z) - eps log s(-z).")
+    use_margin: bool = option(True, "Use the data's per-pair `margin` column (loss -log s(r_c - r_r - margin)) when it has one.")
+    identical_pairs: str = option("drop", "Pairs whose chosen equals rejected (no preference signal): drop (counted and reported), keep, or error.")
+    empty_responses: str = option("keep", "Pairs with an empty chosen or rejected response: keep (scored as just EOS; counted and reported), drop, or error.")
+    share_prompt: bool = option(True, "Run prompt + chosen + rejected as one row with the prompt computed once (same rewards, fewer tokens).")
+    group_by_length: bool = option(True, "Batch pairs of similar length together (less padding).")
+    ensemble: int = option(1, "Train K reward models (seeds seed..seed+K-1, bootstrap resamples) into one ensemble directory.")
+    bootstrap: bool = option(True, "With ensemble > 1, train each member on a resample (with replacement) of the training pairs.")
+    conservative_k: float = option(1.0, "The ensemble's default k for the conservative score mean - k * std (written to ensemble.json).")
+
+    def validate(self) -> None:
+        super().validate()
+        choose(self, "identical_pairs", ("drop", "keep", "error"))
+        choose(self, "empty_responses", ("keep", "drop", "error"))
+        if not 0 <= self.label_smoothing < 0.5:
+            raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.center_rewards_coefficient < 0:
+            raise AlignkitError(f"center_rewards_coefficient must be 0 or positive, got {self.center_rewards_coefficient}")
+        if self.ensemble < 1:
+            raise AlignkitError(f"ensemble must be at least 1 (the number of reward models), got {self.ensemble}")
+        if not 0 <= self.eval_fraction < 1:
+            raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")

@@ -144,13 +144,16 @@ def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
 class MetricsLogger:
     """One JSON object per logged step in `<output_dir>/metrics.jsonl`, plus TensorBoard scalars."""
 
-    def __init__(self, output_dir: str | Path, report_to=("jsonl", "tensorboard"), enabled: bool = True):
+    def __init__(self, output_dir: str | Path, report_to=("jsonl", "tensorboard"), enabled: bool = True, resume_step: int = 0):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            kept = []
+            if resume_step and self.path.is_file():  # a resumed run keeps the history up to its checkpoint
+                kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
             if "tensorboard" in report_to:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -192,6 +195,31 @@ class Throughput:
     @property
     def mean(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class NanGuard:
+    """Skips optimizer steps whose loss or gradient norm is NaN/inf; stops the run after too many in a row."""
+
+    def __init__(self, max_consecutive: int):
+        self.max_consecutive, self.consecutive, self.skipped = max_consecutive, 0, 0
+
+    def should_skip(self, accelerator, step: int, loss, grad_norm=None) -> bool:
+        values = [torch.as_tensor(loss, dtype=torch.float32)]
+        if grad_norm is not None:
+            values.append(torch.as_tensor(grad_norm, dtype=torch.float32))
+        bad = torch.tensor(float(not all(torch.isfinite(v).all() for v in values)))
+        if global_sum(accelerator, bad.to(accelerator.device)).item() == 0:  # every rank must agree to skip
+            self.consecutive = 0
+            return False
+        self.consecutive += 1
+        self.skipped += 1
+        log.warning(f"step {step}: NaN/inf loss or gradient; step skipped ({self.consecutive} in a row)")
+        if self.consecutive >= self.max_consecutive:
+            raise AlignkitError(
+                f"stopped at step {step}: the loss or gradients were NaN/inf for {self.consecutive} steps in a row; "
+                f"likely causes: a learning rate that is too high, a beta that is too small or large, or bad rows (empty or garbled completions)"
+            )
+        return True
 
 
 # ---------------------------------------------------------------- saving

@@ -24,8 +24,9 @@ from alignkit.errors import AlignkitError
 from alignkit.losses.sft import sft_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.logprobs import token_logprobs
+from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from alignkit.train.loop import (
-    BatchStream, MetricsLogger, Throughput, build_optimizer, build_scheduler, global_sum, log,
+    BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log,
     make_accelerator, save_model, split_holdout, total_optimizer_steps, write_json,
 )
 
@@ -76,6 +77,29 @@ def evaluate_sft(model, examples, pad_id, batch_size, accelerator) -> dict:
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}
 
 
+def train_step(accelerator, model, optimizer, scheduler, micro_batches, config, step: int, nan_guard) -> dict:
+    """One optimizer step over this process's micro-batches; the loss divides by the whole step's token count."""
+    num_items = global_sum(accelerator, sum(b["loss_mask"].sum() for b in micro_batches).to(accelerator.device))
+    step_loss = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(micro_batches):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        sync = index == len(micro_batches) - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            loss, _ = batch_loss(model, batch, num_items, accelerator.num_processes)
+            accelerator.backward(loss)
+        step_loss += loss.detach() / accelerator.num_processes
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
+    if not nan_guard.should_skip(accelerator, step, step_loss, grad_norm):
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics = {"loss": global_sum(accelerator, step_loss).item(), "lr": scheduler.get_last_lr()[0],
+               "tokens": int(global_sum(accelerator, sum(b["attention_mask"].sum() for b in micro_batches).to(accelerator.device)))}
+    if grad_norm is not None:
+        metrics["grad_norm"] = float(grad_norm)
+    return metrics
+
+
 def train_sft(config: SFTConfig) -> dict:
     """Runs SFT end to end and returns the summary (also written to `<output_dir>/summary.json`)."""
     started = time.time()
@@ -91,47 +115,34 @@ def train_sft(config: SFTConfig) -> dict:
     scheduler = build_scheduler(optimizer, config, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
-    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process)
-    throughput, pad_id = Throughput(), tokenizer.pad_token_id
+    start_step = 0
+    if checkpoint := resolve_resume(config.resume, config.output_dir):
+        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
+        log.info(f"resumed from {checkpoint} at step {start_step}")
+    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
+    throughput, nan_guard = Throughput(), NanGuard(config.max_nan_steps)
     trainable, total = count_parameters(model)
     log.info(f"SFT: {len(train)} rows, {steps} steps, {trainable:,}/{total:,} trainable parameters")
 
     model.train()
     history = []
-    progress = tqdm(range(1, steps + 1), desc="sft", disable=not accelerator.is_local_main_process, mininterval=5)
+    progress = tqdm(range(start_step + 1, steps + 1), desc="sft", disable=not accelerator.is_local_main_process, mininterval=5)
     for step in progress:
         throughput.start()
-        micro_batches = [collate_lm([train[i] for i in rows], pad_id) for rows in stream.next_step(config.grad_accum_steps)]
-        num_items = global_sum(accelerator, sum(b["loss_mask"].sum() for b in micro_batches).to(accelerator.device))
-        step_loss = 0.0
-        for index, batch in enumerate(micro_batches):
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            sync = index == len(micro_batches) - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, _ = batch_loss(model, batch, num_items, accelerator.num_processes)
-                accelerator.backward(loss)
-            step_loss += loss.detach() / accelerator.num_processes
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens = int(global_sum(accelerator, sum(b["attention_mask"].sum() for b in micro_batches).to(accelerator.device)))
-        tokens_per_s = throughput.stop(tokens)
-
-        metrics = {"loss": global_sum(accelerator, step_loss).item(), "lr": scheduler.get_last_lr()[0],
-                   "epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s, "step_seconds": throughput.last_seconds}
-        if grad_norm is not None:
-            metrics["grad_norm"] = float(grad_norm)
+        rows = stream.next_step(config.grad_accum_steps)
+        metrics = train_step(accelerator, model, optimizer, scheduler, [collate_lm([train[i] for i in r], tokenizer.pad_token_id) for r in rows], config, step, nan_guard)
+        metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": throughput.stop(metrics.pop("tokens")),
+                        "step_seconds": throughput.last_seconds, "nan_skipped": nan_guard.skipped})
         if held_out and config.eval_every and step % config.eval_every == 0 and step != steps:
-            metrics.update(evaluate_sft(model, held_out, pad_id, config.batch_size, accelerator))
+            metrics.update(evaluate_sft(model, held_out, tokenizer.pad_token_id, config.batch_size, accelerator))
         if step % config.logging_every == 0 or step == steps:
             logger.log(step, metrics)
         history.append(metrics)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
         if config.save_every and step % config.save_every == 0 and step != steps:
-            save_model(accelerator, model, tokenizer, f"{config.output_dir}/checkpoint-{step}", merge_lora=False)
+            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
 
-    final_eval = evaluate_sft(model, held_out, pad_id, config.batch_size, accelerator) if held_out else {}
+    final_eval = evaluate_sft(model, held_out, tokenizer.pad_token_id, config.batch_size, accelerator) if held_out else {}
     if final_eval:
         logger.log(steps, final_eval)
     logger.close()
@@ -139,7 +150,8 @@ def train_sft(config: SFTConfig) -> dict:
     summary = {
         "stage": "sft", "model": str(saved), "steps": steps, "train_rows": len(train), "eval_rows": len(held_out),
         "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None,
-        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], **final_eval,
+        "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+        "nan_skipped": nan_guard.skipped, **final_eval,
         "tokens_per_s": throughput.mean, "seconds": time.time() - started,
     }
     if accelerator.is_main_process:
@@ -151,8 +163,11 @@ def train_sft(config: SFTConfig) -> dict:
 def format_summary(summary: dict) -> str:
     lines = [f"SFT done in {summary['seconds']:.0f}s: {summary['steps']} steps over {summary['train_rows']} rows "
              f"({summary['data']['truncated']} truncated, {summary['data']['dropped']} dropped), "
-             f"{summary['tokens_per_s']:.0f} tokens/s",
-             f"  train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"]
+             f"{summary['tokens_per_s']:.0f} tokens/s"]
+    if summary["first_loss"] is not None:
+        lines.append(f"  train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+    if summary["nan_skipped"]:
+        lines.append(f"  {summary['nan_skipped']} steps skipped for NaN/inf loss or gradients")
     if "eval/loss" in summary:
         lines.append(f"  held-out loss {summary['eval/loss']:.3f}, perplexity {summary['eval/perplexity']:.2f}")
     lines.append(f"  model saved to {summary['model']}")

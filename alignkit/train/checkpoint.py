@@ -1,0 +1,119 @@
+"""Resumable checkpoints: model, optimizer, scheduler, RNG states, data position and any recipe state.
+
+A checkpoint is `<output_dir>/checkpoint-<step>/`, written into a temporary folder and
+renamed into place, so a crash mid-save leaves the previous checkpoint as the newest
+complete one. Nothing here is unpickled with arbitrary code: tensors go through
+`torch.load(weights_only=True)`, everything else is JSON, model weights are safetensors.
+
+    model/                 the trained weights (a PEFT adapter folder under LoRA)
+    optimizer.pt           optimizer.state_dict()   (tensors and numbers only)
+    rng.pt                 torch CPU (and CUDA) generator states, as tensors
+    trainer_state.json     step, scheduler, data stream, python/numpy RNG, recipe extras
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.train.loop import atomic_directory
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NAME.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
+    """`auto` -> the newest checkpoint in output_dir (or None); a path -> that checkpoint; '' -> None."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise AlignkitError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json); use `auto` or a checkpoint-N folder")
+    return path
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    plain = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    return tensors, plain
+
+
+def _set_rng_state(tensors: dict, plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(output_dir: str | Path, step: int, accelerator, model, optimizer, scheduler, stream,
+                    extra: dict | None = None, save_total_limit: int = 0) -> Path:
+    """Writes `checkpoint-<step>` atomically and prunes the oldest beyond `save_total_limit` (0 keeps all)."""
+    target = Path(output_dir) / f"checkpoint-{step}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_directory(target) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            tensors, plain = _rng_state()
+            torch.save(tensors, tmp / "rng.pt")
+            state = {"step": step, "scheduler": scheduler.state_dict(), "stream": stream.state_dict(),
+                     "rng": plain, "extra": extra or {}}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, default=float))
+        if save_total_limit > 0:
+            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def _load_model_weights(model, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    state = {k: v for f in files for k, v in load_file(f).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k}  # tied to the embeddings, not saved separately
+    if set(missing) - tied or unexpected:
+        raise AlignkitError(f"checkpoint {folder} does not match this model ({len(missing)} missing, {len(unexpected)} unexpected tensors); resume with the config that wrote it")
+
+
+def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, stream) -> dict:
+    """Restores everything `save_checkpoint` wrote; returns the trainer state (step, extra)."""
+    path = Path(path)
+    state = json.loads((path / "trainer_state.json").read_text())
+    _load_model_weights(accelerator.unwrap_model(model), path / "model")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(state["scheduler"])
+    stream.load_state_dict(state["stream"])
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state["rng"])
+    return state
