@@ -77,7 +77,7 @@ class TrainArgs(ModelArgs):
         for key in ("batch_size", "grad_accum_steps", "max_length"):
             if getattr(self, key) < 1:
                 raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.learning_rate <= 0:
+        if not self.learning_rate > 0 or self.learning_rate == float("inf"):  # also refuses NaN
             raise AlignkitError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.lora_r < 0:
             raise AlignkitError(f"lora_r must be 0 (full fine-tuning) or a positive rank, got {self.lora_r}")
