@@ -34,6 +34,7 @@ class ModelArgs:
     dtype: str = option("float32", "Weights dtype: float32 (with bf16 autocast, the fast choice on CPU) or bfloat16.")
     mixed_precision: str = option("bf16", "Autocast: bf16 or no. bf16 autocast is ~3x faster than fp32 on CPUs with AVX-512 BF16.")
     trust_remote_code: bool = option(False, "Run model code shipped with a hub model. Off unless you trust the source.")
+    allow_unsafe_pickle: bool = option(False, "Load pickle-based weights (.bin/.pt), which can run code when loaded. Off: only safetensors.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
     lora_r: int = option(0, "LoRA rank; 0 trains all weights.")
     lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).")

@@ -60,3 +60,18 @@ def test_token_logprobs_equal_full_log_softmax(tiny_path):
     torch.testing.assert_close(entropy[0, 5], ent[0, 4], atol=1e-4, rtol=1e-4)
     assert sequence_logprobs(logps, mask).shape == (3,)
     torch.testing.assert_close(sequence_logprobs(logps, mask, average=True)[1], logps[1, 4:].mean())
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_path, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(AlignkitError, match="pickle-based weights \\(pytorch_model.bin\\).*--allow_unsafe_pickle"):
+        load_causal_lm(str(folder))
+    model = load_causal_lm(str(folder), allow_unsafe_pickle=True)
+    assert model.config.hidden_size == 64

@@ -60,14 +60,37 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = False, model_class=None, **kwargs):
-    """A causal LM (or `model_class`, e.g. a sequence classifier); an adapter directory loads base + adapter."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_safe_weights(path: str, allow_unsafe_pickle: bool) -> None:
+    """Refuses a local model folder whose weights exist only as pickles, which can run code when loaded."""
+    folder = Path(path)
+    if not folder.is_dir() or allow_unsafe_pickle or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise AlignkitError(
+            f"{path} holds pickle-based weights ({', '.join(pickles[:3])}), which can run arbitrary code when loaded; "
+            f"convert them to safetensors, or pass --allow_unsafe_pickle true if you trust their source"
+        )
+
+
+def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = False, model_class=None,
+                   allow_unsafe_pickle: bool = False, **kwargs):
+    """A causal LM (or `model_class`, e.g. a sequence classifier); an adapter directory loads base + adapter.
+
+    Only safetensors weights load unless `allow_unsafe_pickle`; hub model code runs only with `trust_remote_code`.
+    """
     from transformers import AutoModelForCausalLM
 
     model_class = model_class or AutoModelForCausalLM
     path = resolve_model_path(name)
     if dtype not in DTYPES:
         raise AlignkitError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_safe_weights(path, allow_unsafe_pickle)
+    if not allow_unsafe_pickle and not Path(path).is_dir():
+        kwargs.setdefault("use_safetensors", True)  # a hub id: never fall back to pickles
     try:
         if is_adapter_dir(path):
             from peft import PeftModel
@@ -96,7 +119,8 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
 def load_policy(args, model_class=None, **kwargs):
     """Model and tokenizer for a training stage from `ModelArgs` fields (LoRA, dtype, checkpointing)."""
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_causal_lm(args.model, args.dtype, args.trust_remote_code, model_class=model_class, **kwargs)
+    model = load_causal_lm(args.model, args.dtype, args.trust_remote_code, model_class=model_class,
+                           allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", False), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if args.gradient_checkpointing:
