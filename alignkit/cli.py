@@ -18,11 +18,19 @@ from alignkit.errors import AlignkitError
 # command -> (config class path, run function path, one-line description)
 STAGES = {
     "sft": ("alignkit.config:SFTConfig", "alignkit.train.sft:train_sft", "supervised fine-tuning, loss on responses only"),
+    "dpo": ("alignkit.config:DPOConfig", "alignkit.train.dpo:train_dpo", "direct alignment on preference pairs: DPO, IPO, hinge, robust, SimPO, ORPO (--loss)"),
+    "kto": ("alignkit.config:KTOConfig", "alignkit.train.kto:train_kto", "direct alignment on unpaired good/bad completions (KTO)"),
+    "ppo": ("alignkit.config:PPOConfig", "alignkit.train.ppo:train_ppo", "online RL: PPO with a value model; REINFORCE, RLOO, GRPO via --advantage"),
+    "grpo": ("alignkit.config:GRPOConfig", "alignkit.train.grpo:train_grpo", "online RL: GRPO (G samples per prompt, group baseline, KL in the loss)"),
     "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo on the embedded model and hhh-mini"),
+    "reward": ("alignkit.config:RewardConfig", "alignkit.train.reward:train_reward", "Bradley-Terry reward model on preference pairs (--ensemble K for an ensemble)"),
 }
 # other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
 COMMANDS = {
     "data": ("alignkit.data.cli", "datasets: make built-in tasks, inspect files"),
+    "score": ("alignkit.score", "score (prompt, response) or preference rows with a reward model or ensemble"),
+    "judge": ("alignkit.feedback.judge_cli", "AI feedback: a judge model compares responses under a constitution (both orders), or critiques and revises"),
+    "annotate": ("alignkit.feedback.annotate.cli", "human pairwise annotation: web app, annotators, export to preference JSONL"),
 }
 
 
@@ -50,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=text, description=text, epilog=_stage_help(config_path),
                                formatter_class=argparse.RawDescriptionHelpFormatter, add_help=True)
         stage.add_argument("--config", help="YAML config file; --key value options override it")
+        stage.add_argument("--num-processes", "--num_processes", type=int, default=1,
+                           help="run on N processes (DDP through accelerate; gloo on CPU)")
     for name, (module, text) in COMMANDS.items():
         command = sub.add_parser(name, help=text, description=text)
         importlib.import_module(module).add_arguments(command)
@@ -70,6 +80,23 @@ def _setup_logging(verbose: bool) -> None:
         pass
 
 
+def _launch_distributed(num_processes: int, argv: list[str]) -> int:
+    """Re-runs this command under torchrun with N processes; accelerate picks up the process group."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:  # drop our own --num-processes option, keep everything else
+        if skip:
+            skip = False
+        elif arg in ("--num-processes", "--num_processes"):
+            skip = True
+        elif not arg.startswith(("--num-processes=", "--num_processes=")):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+               "-m", "alignkit.cli", *rest]
+    return subprocess.call(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -81,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     _setup_logging(args.verbose)
+    if args.command in STAGES and args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_distributed(args.num_processes, argv)
     try:
         if args.command in STAGES:
             from alignkit.config import load_config

@@ -34,7 +34,8 @@ def make_accelerator(args):
     # Stages run one after another in one process (pipeline, tests) may want different
     # precisions; the process group (PartialState) survives the reset.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision if args.mixed_precision != "no" else "no")
+    # cpu=True when there is no GPU: accelerate then forms a gloo process group under torchrun (MULTI_CPU)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(args.seed)
     return accelerator
 
