@@ -94,6 +94,7 @@ class SFTConfig(TrainArgs):
     eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
     learning_rate: float = option(2e-5, "Peak AdamW learning rate.")
     merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
 
 
 def choose(config, key: str, choices: tuple) -> None:
@@ -253,6 +254,7 @@ class DirectAlignmentArgs(TrainArgs):
     reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
     ref_cache_dir: str = option("", "Folder for precomputed reference log-probs (keyed by model weights and data); empty uses $ALIGNKIT_CACHE/reference_logps.")
     merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
     share_prompt: bool = option(True, "Run each prompt once for both of its completions (one row, a 4D attention mask); needs sdpa or eager attention.")
 
     def validate(self) -> None:
@@ -368,6 +370,7 @@ class PPOConfig(TrainArgs):
     kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.")
     kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.")
     merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
 
     def validate(self) -> None:
         super().validate()
@@ -444,6 +447,7 @@ class RewardConfig(TrainArgs):
     ensemble: int = option(1, "Train K reward models (seeds seed..seed+K-1, bootstrap resamples) into one ensemble directory.")
     bootstrap: bool = option(True, "With ensemble > 1, train each member on a resample (with replacement) of the training pairs.")
     conservative_k: float = option(1.0, "The ensemble's default k for the conservative score mean - k * std (written to ensemble.json).")
+    normalization_pairs: int = option(0, "Training pairs scored after training for the reward mean/std saved in config.json; 0 scores all, N a seeded sample of N.")
 
     def validate(self) -> None:
         super().validate()
@@ -455,5 +459,7 @@ class RewardConfig(TrainArgs):
             raise AlignkitError(f"center_rewards_coefficient must be 0 or positive, got {self.center_rewards_coefficient}")
         if self.ensemble < 1:
             raise AlignkitError(f"ensemble must be at least 1 (the number of reward models), got {self.ensemble}")
+        if self.normalization_pairs < 0:
+            raise AlignkitError(f"normalization_pairs must be 0 (all training pairs) or a positive count, got {self.normalization_pairs}")
         if not 0 <= self.eval_fraction < 1:
             raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")

@@ -91,3 +91,21 @@ def test_missing_data_and_wrong_kind(tmp_path, tiny_path, write_jsonl):
     pairs = write_jsonl([{"prompt": "x", "chosen": "a", "rejected": "b"}])
     with pytest.raises(AlignkitError, match="SFT needs .*alignkit reward"):
         sft({"model": tiny_path, "data": pairs, "output_dir": str(tmp_path)})
+
+
+def test_packing_gives_the_same_loss_as_padding(tiny_path, tokenizer):
+    import importlib
+
+    from alignkit.data.collate import collate_lm, collate_packed
+    from alignkit.data.formats import detect_format
+    from alignkit.data.tokenize import tokenize_sft
+    from alignkit.models.load import load_causal_lm
+
+    recipe = importlib.import_module("alignkit.train.sft")
+    rows = _arithmetic_rows(6, 4) + [{"text": "A plain text row, every token learned."}, {"text": "Another one."}]
+    examples = [e for fmt_rows in (rows[:6], rows[6:]) for e in tokenize_sft(fmt_rows, detect_format(fmt_rows), tokenizer, 512)[0]]
+    model = load_causal_lm(tiny_path)
+    padded, _ = recipe.batch_loss(model, collate_lm(examples, tokenizer.pad_token_id))
+    packed, _ = recipe.batch_loss(model, collate_packed(examples))
+    assert collate_packed(examples)["input_ids"].shape[1] < collate_lm(examples, tokenizer.pad_token_id)["input_ids"].numel()
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)

@@ -47,7 +47,8 @@ def test_prompt_completion_learns_only_the_completion_and_eos(tokenizer):
 def test_plain_text_rows_learn_everything_plus_eos(tokenizer):
     rows = [{"text": "Once upon a time"}]
     [example], _ = tokenize_sft(rows, detect_format(rows), tokenizer, max_length=512)
-    assert all(example["loss_mask"]) and example["input_ids"][-1] == tokenizer.eos_token_id
+    assert example["loss_mask"][0] == 0 and all(example["loss_mask"][1:])  # token 0 has nothing to be predicted from
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
 
 
 def test_truncation_keeps_completion_and_is_counted(tokenizer):

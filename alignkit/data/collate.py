@@ -48,3 +48,23 @@ def length_grouped_order(lengths: list[int], batch_size: int, generator: torch.G
         batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [i for b in shuffled for i in batches[b]]
+
+
+def collate_packed(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Padding-free batch: every example in one (1, sum T) row, positions restarting at each example.
+
+    With no attention mask, transformers derives a block-diagonal causal mask from the
+    restarting `position_ids`, so no token attends across examples and no compute goes
+    to padding. An example's first token is never scored (as in a padded batch, it has
+    no predecessor of its own).
+    """
+    ids, positions, mask = [], [], []
+    for e in examples:
+        ids += e["input_ids"]
+        positions += range(len(e["input_ids"]))
+        mask += [0] + e["loss_mask"][1:]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "loss_mask": torch.tensor([mask], dtype=torch.long),
+    }

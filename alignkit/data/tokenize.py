@@ -165,6 +165,8 @@ def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, 
     examples = []
     for number, ((_, spans, ends_in_eos), ids, offsets) in enumerate(zip(rendered, encoded["input_ids"], encoded["offset_mapping"]), 1):
         mask = spans_to_mask(offsets, spans)
+        if mask:
+            mask[0] = 0  # the first token has no predecessor to predict it from
         if not ends_in_eos and tokenizer.eos_token_id is not None and spans:
             ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
         if not any(mask):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from functools import partial
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignkit.config import SFTConfig, save_config
-from alignkit.data.collate import collate_lm
+from alignkit.data.collate import collate_lm, collate_packed
 from alignkit.data.formats import load_dataset
 from alignkit.data.tokenize import tokenize_sft
 from alignkit.errors import AlignkitError
@@ -54,8 +55,8 @@ def load_sft_data(config: SFTConfig, tokenizer):
 
 
 def batch_loss(model, batch, num_items=None, world_size: int = 1):
-    """SFT loss of one padded batch; `num_items` is the token count the whole step divides by."""
-    logps, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    """SFT loss of one padded or packed batch; `num_items` is the token count the whole step divides by."""
+    logps, _ = token_logprobs(model, batch["input_ids"], batch.get("attention_mask"), batch["loss_mask"], batch.get("position_ids"))
     loss, metrics = sft_loss(logps, batch["loss_mask"], num_items)
     return loss * world_size, metrics  # DDP averages gradients over ranks; the token sum must not be
 
@@ -94,7 +95,7 @@ def train_step(accelerator, model, optimizer, scheduler, micro_batches, config, 
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     metrics = {"loss": global_sum(accelerator, step_loss).item(), "lr": scheduler.get_last_lr()[0],
-               "tokens": int(global_sum(accelerator, sum(b["attention_mask"].sum() for b in micro_batches).to(accelerator.device)))}
+               "tokens": int(global_sum(accelerator, torch.tensor(sum(b["input_ids"].numel() if "position_ids" in b else int(b["attention_mask"].sum()) for b in micro_batches))))}
     if grad_norm is not None:
         metrics["grad_norm"] = float(grad_norm)
     return metrics
@@ -130,7 +131,8 @@ def train_sft(config: SFTConfig) -> dict:
     for step in progress:
         throughput.start()
         rows = stream.next_step(config.grad_accum_steps)
-        metrics = train_step(accelerator, model, optimizer, scheduler, [collate_lm([train[i] for i in r], tokenizer.pad_token_id) for r in rows], config, step, nan_guard)
+        collate = collate_packed if config.packing else partial(collate_lm, pad_token_id=tokenizer.pad_token_id)
+        metrics = train_step(accelerator, model, optimizer, scheduler, [collate([train[i] for i in r]) for r in rows], config, step, nan_guard)
         metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": throughput.stop(metrics.pop("tokens")),
                         "step_seconds": throughput.last_seconds, "nan_skipped": nan_guard.skipped})
         if held_out and config.eval_every and step % config.eval_every == 0 and step != steps:
