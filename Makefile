@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench clean browser
 
 setup: $(STAMP)
 
@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/alignkit demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# Debian's chromium for the annotation app's browser test (Playwright's own browser
+# download cannot reach its host here); installed only when missing.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 test-slow: setup
 	$(PY) -m pytest -m slow
@@ -34,6 +39,7 @@ test-slow: setup
 bench: setup
 	$(PIP) install --quiet -c constraints.txt '.[bench]'
 	$(PY) benchmarks/sft.py
+	$(PY) benchmarks/reward.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

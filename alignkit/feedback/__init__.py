@@ -1,0 +1,1 @@
+"""Preference-data tooling: quality report (`inspect`), implicit signals, AI feedback (`judge`), human annotation (`annotate`)."""

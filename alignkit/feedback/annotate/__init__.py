@@ -1,0 +1,1 @@
+"""`alignkit annotate`: the human pairwise-comparison web app (FastAPI + SQLite) and its store."""

@@ -1,0 +1,177 @@
+"""The annotation web app (FastAPI): an annotator page, an admin page and a small JSON API.
+
+Auth: every API call carries `Authorization: Bearer <token>`. An annotator token identifies the
+annotator (the body never does: vote bodies with unknown fields are refused); admin routes need
+the admin token, compared with `hmac.compare_digest`. No cookies, so no CSRF surface; pages are
+static files whose script renders all data with `textContent`, under a strict CSP.
+
+| route                          | who       | what                                                   |
+|--------------------------------|-----------|--------------------------------------------------------|
+| GET  /, /admin                 | anyone    | the static pages (they ask for a token)                |
+| GET  /api/me                   | annotator | name and progress                                      |
+| GET  /api/guidelines           | annotator | the guidelines text                                    |
+| GET  /api/task                 | annotator | the next pair (random left/right order) or done        |
+| POST /api/vote                 | annotator | {task_id, choice: A/B/tie, strength: 1-3, comment}     |
+| GET  /api/admin/stats          | admin     | progress and live agreement                            |
+| GET/POST /api/admin/annotators | admin     | list / create (returns the new token once)             |
+| GET  /api/admin/export         | admin     | preference JSONL (?aggregate=votes|majority&ties=0|1)  |
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignkit.errors import AlignkitError
+from alignkit.feedback.annotate.store import Store, TaskNotFound, export_rows
+
+STATIC = Path(__file__).with_name("static")
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class Vote(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an `annotator` field in the body is an error, never obeyed
+
+    task_id: int
+    choice: Literal["A", "B", "tie"]
+    strength: int = Field(2, ge=1, le=3)
+    comment: str = Field("", max_length=4000)
+
+
+class NewAnnotator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _unauthorised(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _auth(store: Store, admin_token: str):
+    """FastAPI dependencies: `annotator` (returns who the token belongs to) and `admin`."""
+
+    def annotator(request: Request) -> dict:
+        token = _bearer(request)
+        if token is None:
+            raise _unauthorised("log in with your annotator token")
+        who = store.authenticate(token)
+        if who is None:
+            raise _unauthorised("unknown or wrong annotator token")
+        return who
+
+    def admin(request: Request) -> None:
+        token = _bearer(request)
+        if token is None:
+            raise _unauthorised("admin token required")
+        if not hmac.compare_digest(token.encode("utf-8"), admin_token.encode("utf-8")):
+            if store.authenticate(token) is not None:
+                raise HTTPException(status_code=403, detail="annotator tokens cannot open admin pages")
+            raise _unauthorised("wrong admin token")
+
+    return annotator, admin
+
+
+def _annotator_routes(app: FastAPI, store: Store, annotator, guidelines: str) -> None:
+    @app.get("/api/me")
+    def me(who: dict = Depends(annotator)):
+        return {"name": who["name"], **store.progress(who["id"])}
+
+    @app.get("/api/guidelines")
+    def get_guidelines(who: dict = Depends(annotator)):
+        return {"text": guidelines}
+
+    @app.get("/api/task")
+    def task(who: dict = Depends(annotator)):
+        found = store.next_task(who["id"])
+        progress = store.progress(who["id"])
+        if found is None:
+            return {"done": True, "progress": progress}
+        return {"done": False, **found, "progress": progress}
+
+    @app.post("/api/vote")
+    def vote(body: Vote, who: dict = Depends(annotator)):
+        try:
+            result = store.vote(who["id"], body.task_id, body.choice, body.strength, body.comment)
+        except TaskNotFound:
+            raise HTTPException(status_code=404, detail="no such task for this annotator") from None
+        return {"ok": True, "pair_id": result["pair_id"], "progress": store.progress(who["id"])}
+
+
+def _admin_routes(app: FastAPI, store: Store, admin) -> None:
+    @app.get("/api/admin/stats", dependencies=[Depends(admin)])
+    def stats():
+        return store.stats()
+
+    @app.get("/api/admin/annotators", dependencies=[Depends(admin)])
+    def list_annotators():
+        return store.annotators()
+
+    @app.post("/api/admin/annotators", dependencies=[Depends(admin)])
+    def create_annotator(body: NewAnnotator):
+        try:
+            return store.add_annotator(body.name)
+        except AlignkitError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+
+    @app.get("/api/admin/export", dependencies=[Depends(admin)])
+    def export(aggregate: str = "votes", ties: bool = False):
+        try:
+            rows = export_rows(store.votes(), aggregate, ties)
+        except AlignkitError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return Response(text, media_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="annotations.jsonl"'})
+
+
+def create_app(store: Store, admin_token: str, guidelines: str = "") -> FastAPI:
+    """The app over `store`; `admin_token` opens the admin routes, `guidelines` is shown beside each task."""
+    if not admin_token or len(admin_token) < 16:
+        raise AlignkitError("the admin token must be at least 16 characters")
+    app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    annotator, admin = _auth(store, admin_token)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(_HEADERS)
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(AlignkitError)
+    def user_error(request: Request, exc: AlignkitError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page():
+        return FileResponse(STATIC / "admin.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _annotator_routes(app, store, annotator, guidelines)
+    _admin_routes(app, store, admin)
+    return app

@@ -1,0 +1,85 @@
+"""`alignkit annotate serve|add-annotator|export`: the human annotation web app and its store."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from alignkit.errors import AlignkitError
+
+ADMIN_TOKEN_ENV = "ALIGNKIT_ADMIN_TOKEN"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="annotate_command", metavar="action", required=True)
+    serve = sub.add_parser("serve", help="run the annotation web app")
+    serve.add_argument("--db", required=True, help="SQLite file (created if missing; WAL mode)")
+    serve.add_argument("--data", help="pairs to annotate (prompt+chosen+rejected or prompt+response_a+response_b); "
+                                      "re-importing the same file adds nothing")
+    serve.add_argument("--guidelines", help="Markdown guidelines shown beside each task (default: configs/constitution.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--admin-token", help=f"admin token (or set ${ADMIN_TOKEN_ENV}); generated and printed when absent")
+    serve.add_argument("--overlap", type=float, default=0.2, help="share of imported pairs given to several annotators, for agreement")
+    serve.add_argument("--overlap-annotators", type=int, default=2, help="annotators per overlapping pair")
+    serve.add_argument("--seed", type=int, default=0, help="which pairs overlap, and the order pairs are handed out")
+
+    add = sub.add_parser("add-annotator", help="create an annotator and print their token")
+    add.add_argument("--db", required=True)
+    add.add_argument("--name", required=True)
+
+    export = sub.add_parser("export", help="write votes as preference JSONL")
+    export.add_argument("--db", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--aggregate", choices=("votes", "majority"), default="votes",
+                        help="votes: one row per vote (with annotator); majority: one row per pair with a strict majority")
+    export.add_argument("--ties", action="store_true", help="votes mode: also write ties (tie: true, strength 0)")
+
+
+def _admin_token(flag: str | None) -> tuple[str, bool]:
+    token = flag or os.environ.get(ADMIN_TOKEN_ENV)
+    if token:
+        return token, False
+    return secrets.token_urlsafe(24), True
+
+
+def _serve(args) -> None:
+    import uvicorn
+
+    from alignkit.data.load import load_rows
+    from alignkit.feedback.annotate.app import create_app
+    from alignkit.feedback.annotate.store import Store
+    from alignkit.feedback.judge import read_constitution
+
+    store = Store(args.db)
+    if args.data:
+        result = store.import_pairs(load_rows(args.data), args.overlap, args.overlap_annotators, args.seed, str(args.data))
+        print(f"{args.data}: {result['added']} pairs added ({result['overlap_pairs']} for {args.overlap_annotators} annotators), "
+              f"{result['already_present']} already in {args.db}", flush=True)
+    if store.pair_count() == 0:
+        raise AlignkitError(f"{args.db} holds no pairs; pass --data pairs.jsonl")
+    guidelines = read_constitution(args.guidelines)
+    token, generated = _admin_token(args.admin_token)
+    app = create_app(store, token, guidelines)
+    where = f"http://{args.host}:{args.port}"
+    if generated:
+        print(f"admin token (generated; pass --admin-token or ${ADMIN_TOKEN_ENV} to fix it): {token}", flush=True)
+    print(f"annotators: {where}/   admin: {where}/admin", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: tokens travel in clear text over plain HTTP; put a TLS proxy in front of this server", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def run(args) -> None:
+    from alignkit.feedback.annotate.store import Store, export_rows
+
+    if args.annotate_command == "serve":
+        _serve(args)
+    elif args.annotate_command == "add-annotator":
+        created = Store(args.db).add_annotator(args.name)
+        print(f"annotator {created['name']} (id {created['id']}); token, shown once: {created['token']}")
+    elif args.annotate_command == "export":
+        from alignkit.data.load import write_jsonl
+
+        count = write_jsonl(export_rows(Store(args.db).votes(), args.aggregate, args.ties), args.out)
+        print(f"wrote {count} preference rows to {args.out}")
