@@ -366,3 +366,18 @@ def test_load_20_annotators_with_server_kill_and_restart(tmp_path, write_jsonl):
                "steady_vote_latency_p50_ms": round(1000 * statistics.median(latencies), 1),
                "steady_vote_latency_p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)}
     print("\nload test:", json.dumps(figures))
+
+
+def test_oversized_bodies_and_request_floods_are_refused(tmp_path):
+    store = Store(tmp_path / "limits.sqlite")
+    store.import_pairs(_rows(3), 0.0, 2)
+    client = TestClient(create_app(store, ADMIN, "", max_body_bytes=2048, rate_per_s=1.0, burst=5))
+    alice, bob = _new_annotator(client, "alice"), _new_annotator(client, "bob")
+    task = client.get("/api/task", headers=_auth(alice)).json()
+    huge = {"task_id": task["task_id"], "choice": "A", "strength": 2, "comment": "x" * 5000}
+    assert client.post("/api/vote", json=huge, headers=_auth(alice)).status_code == 413
+    codes = [client.get("/api/me", headers=_auth(alice)).status_code for _ in range(8)]
+    assert codes.count(429) >= 3 and codes[0] == 200  # alice used up her burst...
+    limited = client.get("/api/me", headers=_auth(alice))
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert client.get("/api/me", headers=_auth(bob)).status_code == 200  # ...bob's bucket is his own

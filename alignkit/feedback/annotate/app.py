@@ -19,8 +19,10 @@ static files whose script renders all data with `textContent`, under a strict CS
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -144,12 +146,50 @@ def _admin_routes(app: FastAPI, store: Store, admin) -> None:
                         headers={"Content-Disposition": 'attachment; filename="annotations.jsonl"'})
 
 
-def create_app(store: Store, admin_token: str, guidelines: str = "") -> FastAPI:
-    """The app over `store`; `admin_token` opens the admin routes, `guidelines` is shown beside each task."""
+class RateLimiter:
+    """A token bucket per bearer token: `rate` requests a second on average, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[str, tuple[float, float]] = {}  # token -> (tokens left, last refill time)
+
+    def retry_after(self, key: str) -> float:
+        """0 if the request may go now (and is counted), else the seconds to wait."""
+        now = time.monotonic()
+        left, last = self.buckets.get(key, (float(self.burst), now))
+        left = min(self.burst, left + (now - last) * self.rate)
+        if left < 1:
+            self.buckets[key] = (left, now)
+            return (1 - left) / self.rate
+        self.buckets[key] = (left - 1, now)
+        return 0.0
+
+
+def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_bytes: int = 64 * 1024,
+               rate_per_s: float = 20.0, burst: int = 40) -> FastAPI:
+    """The app over `store`; `admin_token` opens the admin routes, `guidelines` is shown beside each task.
+
+    Requests with bodies over `max_body_bytes` get 413; each token may make `rate_per_s`
+    requests a second (bursts of `burst`) before getting 429 with Retry-After.
+    """
     if not admin_token or len(admin_token) < 16:
         raise AlignkitError("the admin token must be at least 16 characters")
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
     annotator, admin = _auth(store, admin_token)
+    limiter = RateLimiter(rate_per_s, burst)
+
+    @app.middleware("http")
+    async def limits(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method in ("POST", "PUT", "PATCH") and (length is None or not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse({"detail": f"request body missing a length or larger than {max_body_bytes} bytes"}, status_code=413)
+        token = _bearer(request)
+        if token is not None:
+            wait = limiter.retry_after(hashlib.sha256(token.encode()).hexdigest())
+            if wait > 0:
+                return JSONResponse({"detail": "too many requests for this token; slow down"}, status_code=429,
+                                    headers={"Retry-After": str(max(1, round(wait)))})
+        return await call_next(request)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
