@@ -31,6 +31,11 @@ def unwrap(model):
             return model
 
 
+def is_sharded(model) -> bool:
+    """True under FSDP (1 or 2), whose parameters are only whole inside the wrapped forward."""
+    return any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in (model, unwrap(model)))
+
+
 def final_hidden_states(model, input_ids, attention_mask, position_ids=None):
     """Last-layer hidden states (B, T, H), after the final norm, without the full LM head."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -66,13 +71,20 @@ def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=Non
         logps: (B, T) float32, log p(input_ids[b, t] | input_ids[b, :t]) where loss_mask is 1, else 0.
         entropy: (B, T) float32 entropy of the predicting distribution at the same places, or None.
     """
-    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
     scored = loss_mask.bool().clone()
     scored[:, 0] = False
     batch_idx, pos_idx = scored.nonzero(as_tuple=True)  # (N,), (N,)
-    head = unwrap(model).get_output_embeddings()
-    selected = hidden[batch_idx, pos_idx - 1]  # (N, H): the state that predicts each scored token
-    logp, entropy = _head_logprobs(head, selected, input_ids[batch_idx, pos_idx], with_entropy, temperature)
+    targets = input_ids[batch_idx, pos_idx]  # (N,)
+    if is_sharded(model):
+        # FSDP keeps the head's weight sharded outside the wrapped forward, so the head must
+        # run inside it: full logits, then log-softmax only at the scored positions.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+        logp, entropy = _head_logprobs(torch.nn.Identity(), logits[batch_idx, pos_idx - 1], targets, with_entropy, temperature)
+    else:
+        hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
+        head = unwrap(model).get_output_embeddings()
+        selected = hidden[batch_idx, pos_idx - 1]  # (N, H): the state that predicts each scored token
+        logp, entropy = _head_logprobs(head, selected, targets, with_entropy, temperature)
     logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     logps = logps.index_put((batch_idx, pos_idx), logp)
     if entropy is None:

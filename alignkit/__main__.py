@@ -1,0 +1,7 @@
+"""`python -m alignkit ...` (and `accelerate launch -m alignkit ...`) is the `alignkit` command."""
+
+import sys
+
+from alignkit.cli import main
+
+sys.exit(main())
