@@ -268,6 +268,9 @@ class DirectAlignmentArgs(TrainArgs):
             raise AlignkitError("reference: adapter needs LoRA (set lora_r > 0); full fine-tuning uses reference: copy or precompute")
         if not 0 <= self.eval_fraction < 1:
             raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.packing:
+            raise AlignkitError("packing is not used by dpo/kto: share_prompt (on by default) already runs each prompt once "
+                                "and drops the padding between a pair's completions; remove packing")
 
 
 @dataclass
@@ -277,6 +280,7 @@ class DPOConfig(DirectAlignmentArgs):
     loss: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
     label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
     gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
+    monitor: dict = option({}, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
 
     def validate(self) -> None:
         super().validate()
@@ -369,6 +373,7 @@ class PPOConfig(TrainArgs):
     kl_control: str = option("fixed", "fixed or adaptive (Ziegler et al. 2019: beta tracks kl_target).")
     kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.")
     kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.")
+    monitor: dict = option({}, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
     merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
     packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
 
@@ -459,7 +464,112 @@ class RewardConfig(TrainArgs):
             raise AlignkitError(f"center_rewards_coefficient must be 0 or positive, got {self.center_rewards_coefficient}")
         if self.ensemble < 1:
             raise AlignkitError(f"ensemble must be at least 1 (the number of reward models), got {self.ensemble}")
+        if self.ensemble > 1 and self.resume not in ("", "auto"):
+            raise AlignkitError(f"resume: {self.resume!r} names one checkpoint, but an ensemble has one per member (in logs/member-*/); use resume: auto")
         if self.normalization_pairs < 0:
             raise AlignkitError(f"normalization_pairs must be 0 (all training pairs) or a positive count, got {self.normalization_pairs}")
         if not 0 <= self.eval_fraction < 1:
             raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class MonitorConfig:
+    """The `monitor:` mapping of a PPO / GRPO / DPO config (alignkit.evaluate.monitors)."""
+
+    every: int = option(0, "Held-out check every N steps: sample answers, score proxy / gold / judge, KL (0: off).")
+    prompts: str = option("", "Held-out prompts (rows with a `prompt` column); empty uses the stage's eval_data.")
+    max_prompts: int = option(32, "Use the first N distinct held-out prompts (0: all).")
+    max_new_tokens: int = option(0, "Answer length for the checks (0: the stage's max_new_tokens, else 48).")
+    temperature: float = option(1.0, "Sampling temperature of the check answers (KL is estimated on these samples).")
+    proxy: str = option("", "Proxy reward for the checks: a reward-model directory or module:function; empty: the training reward (DPO: its implicit reward).")
+    gold: str = option("", "Gold reward, module:function or hhh-mini-gold; empty: the stage's eval_reward_function, if any.")
+    judge: str = option("", "Judge model (alias or directory): its win rate against the reference's answers is a held-out score.")
+    constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
+    kl_budget: float = option(0.0, "Alarm when KL(policy || reference) on the held-out prompts exceeds this, nats per answer (0: no budget).")
+    gold_drop: float = option(0.05, "Alarm when held-out gold falls this far below its best check while the proxy has risen since.")
+    proxy_rise: float = option(0.0, "How much the proxy must have risen since gold's best check for the over-optimization alarm.")
+    patience: int = option(1, "Alarmed checks in a row before stopping (with stop_on_alarm).")
+    stop_on_alarm: bool = option(False, "Stop training after `patience` alarmed checks in a row.")
+    keep_best: bool = option(True, "Save the check with the best held-out gold (else judge, else proxy) as <output_dir>/best.")
+    hacking_every: int = option(1, "Reward-hacking alarms every N steps (on training batches for PPO/GRPO, on the checks for DPO); 0: off.")
+    length_corr_warn: float = option(0.5, "Warn when the reward-length correlation of a batch exceeds this.")
+    length_corr_trend_warn: float = option(0.3, "Warn when that correlation rose by more than this over the last trend_window batches.")
+    trend_window: int = option(10, "Batches over which the correlation trend is measured.")
+    repetition_warn: float = option(0.3, "Warn when the mean share of repeated 3-grams in an answer exceeds this.")
+    truncation_gain_warn: float = option(0.5, "Warn when answers outscore their own first part by more than this many reward stds.")
+    truncation_fraction: float = option(0.5, "The share of words kept in the truncated answer.")
+    truncation_samples: int = option(8, "Answers per batch used for the truncation test.")
+
+    def validate(self) -> None:
+        for key in ("every", "max_prompts", "max_new_tokens", "hacking_every", "trend_window", "truncation_samples"):
+            if getattr(self, key) < 0:
+                raise AlignkitError(f"monitor.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.patience < 1:
+            raise AlignkitError(f"monitor.patience must be at least 1, got {self.patience}")
+        if self.temperature <= 0:
+            raise AlignkitError(f"monitor.temperature must be > 0 (KL is estimated on samples), got {self.temperature}")
+        if not 0 < self.truncation_fraction < 1:
+            raise AlignkitError(f"monitor.truncation_fraction must be in (0, 1), got {self.truncation_fraction}")
+
+
+@dataclass
+class EvalConfig:
+    """`alignkit eval` and the pipeline's `eval:` section: policies against a reference on held-out prompts."""
+
+    data: str = option("", "Evaluation prompts (rows with a `prompt` column; other columns go to the gold function).")
+    data_split: str = option("test", "Split to read from a datasets directory or hub id.")
+    limit: int = option(0, "Use only the first N prompts (0: all).")
+    reward_model: str = option("", "Reward model or ensemble directory that scores answers (win rate by reward, ensemble std).")
+    gold: str = option("", "Gold reward function, module:function, path/file.py:function or hhh-mini-gold.")
+    judge: str = option("", "Pairwise LLM judge model (alias or directory); every pair is judged in both orders.")
+    judge_endpoint: str = option("", "An OpenAI-compatible judge endpoint instead of a local judge model.")
+    constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
+    max_new_tokens: int = option(48, "Longest answer (greedy decoding).")
+    batch_size: int = option(16, "Prompts per generate call and sequences per scoring pass.")
+    kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).")
+    tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).")
+    judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.")
+    confidence: float = option(0.95, "Confidence level of the bootstrap intervals.")
+    bootstrap: int = option(2000, "Bootstrap resamples.")
+    train_prompts: str = option("", "Training prompts for the distribution-shift report (needs pairs and reward_model).")
+    pairs: str = option("", "Held-out preference pairs: the reward model's accuracy by distance to train_prompts.")
+    shift_buckets: int = option(3, "Equal-count distance buckets in the shift report.")
+    mixed_precision: str = option("bf16", "bf16 autocast for generation and scoring, or no.")
+    seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.")
+
+    def validate(self) -> None:
+        choose(self, "mixed_precision", ("bf16", "no"))
+        if not 0 < self.confidence < 1:
+            raise AlignkitError(f"confidence must be in (0, 1), got {self.confidence}")
+        for key in ("limit", "kl_samples", "max_new_tokens", "batch_size", "bootstrap", "shift_buckets"):
+            if getattr(self, key) < (1 if key in ("max_new_tokens", "batch_size", "bootstrap", "shift_buckets") else 0):
+                raise AlignkitError(f"{key} must be {'at least 1' if key in ('max_new_tokens', 'batch_size', 'bootstrap', 'shift_buckets') else '0 or more'}, got {getattr(self, key)}")
+
+
+@dataclass
+class PipelineConfig:
+    """`alignkit pipeline FILE.yaml`: SFT -> reward model -> PPO or GRPO, and DPO -> eval -> report, in one folder."""
+
+    workdir: str = option("runs/pipeline", "Where the data, every stage's run folder, eval/ and report.html go; finished stages are reused.")
+    model: str = option("smollm2-135m-instruct", "The base model SFT starts from.")
+    seed: int = option(0, "Seed for the data and every stage.")
+    task: str = option("hhh-mini", "Built-in task whose data is written to <workdir>/data (its gold judge scores the answers).")
+    n_train: int = option(800, "Training prompts of the task.")
+    n_test: int = option(100, "Test prompts of the task (the evaluation set).")
+    n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).")
+    policy: str = option("grpo", "Online RL stage: grpo or ppo.")
+    stages: list = option(["sft", "reward", "policy", "dpo", "eval", "report"], "Stages to run, in this order (data is always written first).")
+    sft: dict = option({}, "Overrides for the SFT stage (see `alignkit sft --help`).")
+    reward: dict = option({}, "Overrides for the reward-model stage (see `alignkit reward --help`).")
+    rl: dict = option({}, "Overrides for the PPO/GRPO stage (see `alignkit grpo --help`), monitor: included.")
+    dpo: dict = option({}, "Overrides for the DPO stage (see `alignkit dpo --help`), monitor: included.")
+    eval: dict = option({}, "Overrides for the evaluation (see `alignkit eval --help`).")
+
+    def validate(self) -> None:
+        choose(self, "policy", ("grpo", "ppo"))
+        choose(self, "task", ("hhh-mini",))
+        unknown = [s for s in self.stages if s not in ("sft", "reward", "policy", "ppo", "grpo", "dpo", "eval", "report")]
+        if unknown:
+            raise AlignkitError(f"stages: unknown stage {unknown[0]!r}; choose from sft, reward, policy (the {self.policy} stage), dpo, eval, report")
+        if not 0 <= self.n_val < self.n_train:
+            raise AlignkitError(f"n_val must be in [0, n_train), got {self.n_val}")

@@ -1,0 +1,281 @@
+"""Reward models: a causal-LM backbone with a scalar head, built for training, saved, loaded and scored.
+
+A saved reward model is a plain Hugging Face sequence-classification directory
+(num_labels=1), so `AutoModelForSequenceClassification.from_pretrained(dir)` gives
+the same scores alignkit does. Three details make that true:
+
+- Where the score is read. Transformers reads the score at the rightmost token that
+  is not `config.pad_token_id`. Many chat models pad with their end-of-turn token
+  (SmolLM2 pads with `<|im_end|>`, which also ends every response), so transformers
+  would score the token *before* the end of the response, and a batch-of-one would
+  score a different token than a padded batch. A reward model therefore gets a pad
+  token distinct from EOS (the tokenizer's own, else its unknown token, else a new
+  `<|pad|>`), saved in both the tokenizer and config.json; the score is then read at
+  the response's final EOS.
+- What text is scored: the prompt through the chat template with the generation
+  prompt, then the response, then EOS (`encode_completions`, exactly as in training).
+  In plain transformers:
+      text = tok.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False) + response + tok.eos_token
+      scores = model(**tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")).logits[:, 0]
+- Padding is on the right (saved as the tokenizer's padding side).
+In float32 the scores are then equal to plain transformers' logits (a test checks it).
+Under bf16 autocast alignkit still applies the one-row head in float32, so its scores
+keep full precision where a bf16 head would round them to 8 mantissa bits.
+
+The reward statistics over the training responses sit in config.json under
+`alignkit_reward` ({"mean", "std", "responses", "max_length", "truncation_side"}),
+for downstream normalisation; scoring truncates to the same max_length as training.
+
+An ensemble directory holds `ensemble.json` and `member-0/ ... member-{K-1}/`, each a
+plain reward-model directory. Bradley-Terry fixes rewards only up to a constant, so
+members' offsets are arbitrary and would inflate the ensemble's std; scoring shifts
+each member by its own training mean onto the members' average mean (scale is kept:
+BT identifies it from the data), so the std measures disagreement about how good a
+response is, not about where zero is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.models.load import DTYPES, add_lora, is_adapter_dir, load_causal_lm, load_tokenizer, resolve_model_path
+from alignkit.models.logprobs import unwrap
+
+CONFIG_KEY = "alignkit_reward"
+ENSEMBLE_FILE = "ensemble.json"
+NEW_PAD_TOKEN = "<|pad|>"
+
+
+# ---------------------------------------------------------------- building a reward model for training
+
+def _is_reward_checkpoint(path: str) -> bool:
+    """True when `path` already holds a sequence-classification model (its trained head is kept)."""
+    config = Path(path, "config.json")
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def set_reward_pad_token(tokenizer, model=None) -> None:
+    """Gives the tokenizer (and model config) a pad token that is not EOS, padding on the right; see the module doc."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = "right"
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_reward_backbone(args):
+    """A sequence classifier (num_labels=1) and tokenizer from `ModelArgs` fields, for training.
+
+    From a causal LM (usually the SFT model) the scalar head is new, initialised
+    N(0, 1/(H+1)) (Stiennon et al. 2020, arXiv:2009.01325, p. 11, as TRL's and
+    open-instruct's reward scripts do), so first rewards are small. Dropout in the
+    backbone is switched off (as TRL's `disable_dropout`): it would make r_chosen and
+    r_rejected noisy in different ways. With LoRA the head is in `modules_to_save`, so
+    it trains in full (`lora_dropout` still applies to the adapters).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    with _quiet_loading():  # "score.weight newly initialised" is the point, not a problem
+        model = load_causal_lm(args.model, args.dtype, args.trust_remote_code, model_class=AutoModelForSequenceClassification, num_labels=1)
+    base = unwrap(model)
+    if not hasattr(base, "score"):
+        raise AlignkitError(f"{args.model}: {type(base).__name__} has no `score` head; reward models need a decoder with a sequence-classification class (Llama, Qwen, Mistral, ...)")
+    head_path = json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"] if is_adapter_dir(path) else path
+    if not _is_reward_checkpoint(head_path):
+        hidden = base.score.weight.shape[1]
+        with torch.no_grad():
+            base.score.weight.normal_(0.0, 1 / math.sqrt(hidden + 1))
+    set_reward_pad_token(tokenizer, base)
+    disable_dropout(base)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if args.lora_r > 0 and not hasattr(model, "peft_config"):
+        model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+                         task_type="SEQ_CLS", modules_to_save=["score"])
+    return model, tokenizer
+
+
+def disable_dropout(model) -> None:
+    """Sets every dropout in `model` to 0 (nn.Dropout modules and attention's functional dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+# ---------------------------------------------------------------- the scalar head
+
+def score_head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The scalar head on final hidden states (N, H) -> (N,), in float32 even under bf16 autocast.
+
+    The head is one dot product per response, so full precision costs nothing, and a
+    bf16 reward (8 bits of mantissa: steps of 1/32 at |r| ~ 5) would blur close responses.
+    """
+    head = unwrap(model).score
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.float()).squeeze(-1)
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rewards (B,) of right-padded sequences (B, T), read at each one's last real token.
+
+    That is the token transformers' `...ForSequenceClassification` pools when the pad id
+    is not EOS (see the module doc), so float32 scores equal plain transformers' logits.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    last = attention_mask.sum(-1) - 1  # (B,)
+    hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
+    return score_head(model, hidden)
+
+
+# ---------------------------------------------------------------- saving
+
+def read_reward_stats(path: str | Path) -> dict:
+    config = json.loads(Path(path, "config.json").read_text())
+    return config.get(CONFIG_KEY) or {}
+
+
+# ---------------------------------------------------------------- scoring
+
+@dataclass
+class RewardScores:
+    """Scores of N responses from K members (K=1 for a single model)."""
+
+    mean: torch.Tensor  # (N,) mean over members (the single model's score when K=1)
+    std: torch.Tensor  # (N,) std over members (zeros when K=1)
+    members: torch.Tensor  # (K, N)
+
+    def conservative(self, k: float) -> torch.Tensor:
+        """(N,) mean - k * std: a lower confidence score that resists over-optimization against one member's errors."""
+        return self.mean - k * self.std
+
+
+@dataclass
+class RewardModel:
+    """A reward model or ensemble ready to score (prompt, response) pairs; `RewardModel.load(path)`."""
+
+    members: list
+    tokenizer: object
+    normalization: dict  # {"mean": float, "std": float}: raw reward statistics over the training responses
+    offsets: list = field(default_factory=list)  # per member, subtracted from its raw score (ensemble alignment)
+    k: float = 1.0  # default conservative k (ensemble.json)
+    max_length: int | None = None
+    truncation_side: str = "left"
+    device: str = "cpu"
+    bf16: bool = True
+    path: str = ""
+
+    @classmethod
+    def load(cls, path: str, device="cpu", dtype="float32", bf16=True) -> "RewardModel":
+        """A reward-model directory, a reward run directory (its `model/`), or an ensemble directory."""
+        from transformers import AutoModelForSequenceClassification
+
+        root = Path(path)
+        if (root / ENSEMBLE_FILE).is_file():
+            spec = json.loads((root / ENSEMBLE_FILE).read_text())
+            dirs = [str(root / m["path"]) for m in spec["members"]]
+            means = [m["mean"] for m in spec["members"]]
+            offsets = [mean - sum(means) / len(means) for mean in means]
+            normalization, k = spec["normalization"], spec.get("k", 1.0)
+        else:
+            dirs, offsets, k, normalization = [resolve_model_path(str(path))], [0.0], 1.0, None
+        if dtype not in DTYPES:
+            raise AlignkitError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        members = []
+        for member in dirs:
+            if is_adapter_dir(member) or not Path(member, "config.json").is_file():
+                raise AlignkitError(f"{member} is not a reward model directory (no config.json); point to `<run>/model` or an ensemble directory")
+            if not _is_reward_checkpoint(member):
+                raise AlignkitError(f"{member} holds a {json.loads(Path(member, 'config.json').read_text()).get('architectures')} model, not a reward model; train one with `alignkit reward`")
+            with _quiet_loading():
+                members.append(AutoModelForSequenceClassification.from_pretrained(member, dtype=DTYPES[dtype]).to(device).eval())
+        stats = read_reward_stats(dirs[0])
+        if normalization is None:
+            normalization = {"mean": stats.get("mean", 0.0), "std": stats.get("std", 1.0)}
+        tokenizer = load_tokenizer(dirs[0])
+        set_reward_pad_token(tokenizer)
+        if tokenizer.pad_token_id != members[0].config.pad_token_id:
+            raise AlignkitError(f"{dirs[0]}: the tokenizer pads with id {tokenizer.pad_token_id} but config.json says {members[0].config.pad_token_id}; resave it with alignkit")
+        return cls(members, tokenizer, normalization, offsets, k, stats.get("max_length"), stats.get("truncation_side", "left"),
+                   str(device), bf16, str(path))
+
+    def encode(self, prompts: list, responses: list) -> list[list[int]]:
+        """Token ids of each prompt + response (+ EOS), as in training, truncated to the training max_length."""
+        from alignkit.data.tokenize import encode_completions, fit_prompt_completions
+
+        if len(prompts) != len(responses):
+            raise AlignkitError(f"got {len(prompts)} prompts but {len(responses)} responses; score takes one prompt per response")
+        groups: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):  # encode each distinct prompt once
+            groups.setdefault(json.dumps(prompt), []).append(i)
+        ids: list = [None] * len(prompts)
+        for indices in groups.values():
+            prompt_ids, completions = encode_completions(self.tokenizer, prompts[indices[0]], [responses[i] for i in indices])
+            for i, completion in zip(indices, completions):
+                p = prompt_ids
+                if self.max_length:
+                    p, (completion,), _ = fit_prompt_completions(prompt_ids, [completion], self.max_length, self.truncation_side)
+                ids[i] = p + completion
+        return ids
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list[str], batch_size: int = 16, progress: bool = False) -> RewardScores:
+        """Scores each (prompt, response); prompts are strings or message lists. Batches are length-sorted."""
+        from tqdm.auto import tqdm
+
+        ids = self.encode(prompts, responses)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        raw = torch.zeros(len(self.members), len(ids))  # (K, N)
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(batches, desc="scoring", disable=not progress, mininterval=2):
+            chunk = order[start:start + batch_size]
+            input_ids, attention_mask = pad_right([ids[i] for i in chunk], self.tokenizer.pad_token_id)
+            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+            for k, member in enumerate(self.members):
+                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
+                    raw[k, chunk] = sequence_rewards(member, input_ids, attention_mask).cpu()
+        members = raw - torch.tensor(self.offsets)[:, None]  # (K, N)
+        std = members.std(0, unbiased=False) if len(self.members) > 1 else torch.zeros(len(ids))
+        return RewardScores(mean=members.mean(0), std=std, members=members)
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        """(scores - training mean) / training std."""
+        return (scores - self.normalization["mean"]) / max(self.normalization["std"], 1e-8)
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) input_ids right-padded with `pad_token_id`, and the (B, T) attention mask."""
+    from alignkit.data.collate import pad_sequences
+
+    return pad_sequences(sequences, pad_token_id), pad_sequences([[1] * len(s) for s in sequences], 0)
