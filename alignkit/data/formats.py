@@ -166,3 +166,17 @@ def load_dataset(source, allowed: tuple[str, ...], stage: str, split: str = "tra
     fmt = detect_format(rows, str(source))
     require_kind(fmt, allowed, str(source), stage, hint)
     return validate_rows(rows, fmt, str(source)), fmt
+
+
+def preference_to_unpaired(rows: list[dict]) -> list[dict]:
+    """Validated preference rows -> unpaired rows for KTO: each pair gives a desirable and an undesirable row.
+
+    `(prompt, chosen, rejected, ...)` becomes `(prompt, completion=chosen, label=True, ...)`
+    and `(prompt, completion=rejected, label=False, ...)`; other columns are kept on both.
+    """
+    out = []
+    for row in rows:
+        extra = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+        out.append({**extra, "completion": row["chosen"], "label": True})
+        out.append({**extra, "completion": row["rejected"], "label": False})
+    return out

@@ -1,0 +1,267 @@
+"""Policies against a reference on held-out prompts: answers, scores, win rates with intervals, KL, text metrics.
+
+    results = evaluate_models({"sft": "runs/sft", "ppo": "runs/ppo", "dpo": "runs/dpo"}, "sft", EvalConfig(...), "runs/eval")
+
+1. every model answers every prompt greedily (cached in `<out>/answers/<name>.jsonl`, so a
+   rerun or a resumed pipeline does not generate twice);
+2. each policy also samples `kl_samples` answers per prompt, scored under the policy and the
+   reference for KL(policy || reference) (k1, nats per answer);
+3. the answers are scored by the gold function, the reward model (ensemble mean and std) and,
+   for each policy-reference pair, the pairwise judge in both orders;
+4. win rates against the reference with bootstrap intervals, per-model means with intervals,
+   length, distinct-1/2, refusal and repetition rates; optionally the distribution-shift report.
+
+Everything lands in `<out>/results.json`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from alignkit.errors import AlignkitError
+from alignkit.evaluate.metrics import kl_to_reference, text_metrics, token_lengths
+from alignkit.evaluate.winrate import mean_ci, outcomes_from_judge, outcomes_from_scores, win_rate
+
+log = logging.getLogger("alignkit")
+
+
+def load_eval_rows(config) -> list[dict]:
+    from alignkit.data.formats import load_dataset
+
+    if not config.data:
+        raise AlignkitError("no evaluation prompts: pass --data FILE (rows with a `prompt` column, e.g. hhh-mini's prompts_test.jsonl)")
+    kinds = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
+    rows, _ = load_dataset(config.data, kinds, "evaluation", config.data_split, hint="; evaluation needs rows with a `prompt` column")
+    rows = [{k: v for k, v in r.items() if k not in ("completion", "chosen", "rejected", "label")} for r in rows]
+    return rows[: config.limit] if config.limit else rows
+
+
+def _columns(rows: list[dict]) -> dict:
+    return {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r} - {"prompt"})}
+
+
+# ---------------------------------------------------------------- answers
+
+def _cache_key(path: str, config, n: int) -> dict:
+    return {"model": str(Path(path).resolve()) if Path(path).exists() else path, "max_new_tokens": config.max_new_tokens,
+            "prompts": n, "data": config.data, "limit": config.limit}
+
+
+def _read_cache(file: Path, key: dict) -> list[str] | None:
+    if not file.is_file():
+        return None
+    lines = file.read_text().splitlines()
+    if not lines or json.loads(lines[0]).get("key") != key:
+        return None
+    return [json.loads(line)["answer"] for line in lines[1:]]
+
+
+def _write_cache(file: Path, key: dict, rows: list[dict], answers: list[str]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text("\n".join([json.dumps({"key": key})] + [json.dumps({"prompt": r["prompt"], "answer": a}) for r, a in zip(rows, answers)]) + "\n")
+    tmp.replace(file)
+
+
+def load_model(path: str):
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(path).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, load_tokenizer(path)
+
+
+def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[str]:
+    from alignkit.models.generation import generate_answers
+
+    file, key = out_dir / "answers" / f"{name}.jsonl", _cache_key(path, config, len(rows))
+    cached = _read_cache(file, key)
+    if cached is not None and len(cached) == len(rows):
+        log.info(f"eval: reusing {name}'s answers from {file}")
+        return cached
+    log.info(f"eval: {name} answers {len(rows)} prompts")
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=config.max_new_tokens,
+                               batch_size=config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+    _write_cache(file, key, rows, answers)
+    return answers
+
+
+def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
+    """k1 KL(policy || reference), nats per answer, on `kl_samples` sampled answers per prompt."""
+    import torch
+
+    from alignkit.models.generation import generate_answers
+
+    prompts = [r["prompt"] for r in rows] * config.kl_samples
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        samples = generate_answers(policy, tokenizer, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                   do_sample=True, temperature=1.0, top_p=1.0, bf16=config.mixed_precision == "bf16")
+    return kl_to_reference(policy, reference, tokenizer, prompts, samples, config.batch_size, config.mixed_precision == "bf16")["kl"]
+
+
+def all_answers(models: dict[str, str], reference: str, rows: list[dict], config, out_dir: Path) -> tuple[dict, dict, object]:
+    """Greedy answers of every model, KL of every policy to the reference, and the reference's tokenizer."""
+    ref_model, tokenizer = load_model(models[reference])
+    answers = {reference: greedy_answers(reference, models[reference], ref_model, tokenizer, rows, config, out_dir)}
+    kls = {reference: 0.0}
+    for name, path in models.items():
+        if name == reference:
+            continue
+        model, policy_tokenizer = load_model(path)
+        if len(policy_tokenizer) != len(tokenizer):
+            raise AlignkitError(f"{path} and the reference {models[reference]} use different tokenizers; KL needs the same vocabulary")
+        answers[name] = greedy_answers(name, path, model, policy_tokenizer, rows, config, out_dir)
+        if config.kl_samples:
+            log.info(f"eval: KL({name} || {reference}) on {config.kl_samples} sampled answer(s) per prompt")
+            kls[name] = policy_kl(model, ref_model, tokenizer, rows, config)
+        del model
+        gc.collect()
+    del ref_model
+    gc.collect()
+    return answers, kls, tokenizer
+
+
+# ---------------------------------------------------------------- scores and comparisons
+
+def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[str, dict[str, list]]:
+    """{model: {"gold": [...], "reward": [...], "reward_std": [...]}} for the configured scorers."""
+    prompts, columns = [r["prompt"] for r in rows], _columns(rows)
+    scores = {name: {} for name in answers}
+    if config.gold:
+        from alignkit.rl.rewards import FunctionReward
+
+        gold = FunctionReward(config.gold)
+        for name, texts in answers.items():
+            scores[name]["gold"] = gold(prompts, texts, columns)
+    if config.reward_model:
+        from alignkit.models.reward import RewardModel
+
+        model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
+        for name, texts in answers.items():
+            result = model.score(prompts, texts, batch_size=config.batch_size)
+            scores[name]["reward"] = result.mean.tolist()
+            scores[name]["reward_std"] = result.std.tolist()
+        del model
+        gc.collect()
+    return scores
+
+
+def judge_outcomes(answers: dict[str, list[str]], reference: str, rows: list[dict], config) -> dict[str, dict]:
+    """Per policy: the judge's outcomes (both orders averaged) and its position-bias report."""
+    from alignkit.feedback.judge import bias_report, judge_pairs, make_judge, read_constitution
+
+    judge = make_judge(endpoint=config.judge_endpoint) if config.judge_endpoint else make_judge(config.judge, batch_size=config.batch_size)
+    constitution = read_constitution(config.constitution or None)
+    out = {}
+    for name, texts in answers.items():
+        if name == reference:
+            continue
+        log.info(f"eval: judge compares {name} with {reference} ({len(rows)} pairs, both orders)")
+        verdicts = judge_pairs(judge, constitution, [(r["prompt"], a, b) for r, a, b in zip(rows, texts, answers[reference])])
+        outcomes = outcomes_from_judge([v.p_x_first for v in verdicts], [v.p_x_second for v in verdicts], config.judge_tie_margin)
+        out[name] = {"outcomes": outcomes.tolist(), "bias": bias_report(verdicts)}
+    return out
+
+
+def compare_all(answers, scores, judged, kls, reference: str, tokenizer, config) -> dict:
+    """The results table: per model, means with intervals, win rates against the reference, KL, text metrics."""
+    ci = dict(confidence=config.confidence, n_resamples=config.bootstrap, seed=config.seed)
+    models = {}
+    for name, texts in answers.items():
+        entry = {"kl": kls.get(name), **text_metrics(texts, tokenizer)}
+        for scorer, values in scores[name].items():
+            if scorer != "reward_std":
+                entry[scorer] = mean_ci(values, **ci)
+        if "reward_std" in scores[name]:
+            entry["reward_std"] = float(np.mean(scores[name]["reward_std"]))
+        if name != reference:
+            entry["win_rate"] = {scorer: win_rate(outcomes_from_scores(values, scores[reference][scorer], config.tie_margin), **ci).as_dict()
+                                 for scorer, values in scores[name].items() if scorer != "reward_std"}
+            if name in judged:
+                entry["win_rate"]["judge"] = win_rate(judged[name]["outcomes"], **ci).as_dict()
+                entry["judge_bias"] = judged[name]["bias"]
+        models[name] = entry
+    return models
+
+
+def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str | Path) -> dict:
+    """Answers, scores and comparisons of `models` (name -> model dir) against `models[reference]`; see the module doc."""
+    from alignkit.train.loop import write_json
+
+    out_dir = Path(out_dir)
+    if reference not in models:
+        raise AlignkitError(f"the reference {reference!r} is not among the models {sorted(models)}")
+    rows = load_eval_rows(config)
+    answers, kls, tokenizer = all_answers(models, reference, rows, config, out_dir)
+    scores = score_all(answers, rows, config)
+    judged = judge_outcomes(answers, reference, rows, config) if (config.judge or config.judge_endpoint) else {}
+    results = {"reference": reference, "paths": models, "prompts": len(rows), "data": config.data,
+               "models": compare_all(answers, scores, judged, kls, reference, tokenizer, config),
+               "samples": [{"prompt": r["prompt"], **{k: r[k] for k in ("category",) if k in r},
+                            "answers": {name: answers[name][i] for name in answers},
+                            "scores": {name: {s: v[i] for s, v in scores[name].items()} for name in answers}}
+                           for i, r in enumerate(rows)]}
+    if config.pairs and config.train_prompts and config.reward_model:
+        results["shift"] = shift_section(config)
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def shift_section(config) -> dict:
+    from alignkit.data.load import load_rows
+    from alignkit.evaluate.shift import reward_model_shift
+    from alignkit.models.reward import RewardModel
+
+    pairs = [r for r in load_rows(config.pairs) if "chosen" in r and "rejected" in r and "prompt" in r]
+    train_prompts = [r["prompt"] for r in load_rows(config.train_prompts) if "prompt" in r]
+    if not pairs or not train_prompts:
+        raise AlignkitError(f"the shift report needs preference rows in {config.pairs} and prompts in {config.train_prompts}")
+    model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
+    return reward_model_shift(model, pairs, train_prompts, config.shift_buckets, config.batch_size)
+
+
+# ---------------------------------------------------------------- the table
+
+def _pct(w: dict | None) -> str:
+    return f"{100 * w['rate']:5.1f}% [{100 * w['low']:.0f},{100 * w['high']:.0f}]" if w else "-"
+
+
+def format_table(results: dict, order: list[str] | None = None) -> str:
+    """One line per model: mean gold/reward with intervals, win rates against the reference, KL, length, diversity."""
+    reference, models = results["reference"], results["models"]
+    names = order or list(models)
+    has = lambda key: any(key in models[n] for n in names)  # noqa: E731
+    header = f"{'model':<8}"
+    if has("gold"):
+        header += f" {'mean gold [95% CI]':>24} {'win vs ' + reference + ' (gold)':>22}"
+    if has("reward"):
+        header += f" {'mean RM':>8} {'win vs ' + reference + ' (RM)':>22}"
+    if any("judge" in models[n].get("win_rate", {}) for n in names):
+        header += f" {'win (judge)':>22}"
+    header += f" {'KL':>7} {'length':>7} {'dist-2':>7} {'refusal':>8}"
+    lines = [header, "-" * len(header)]
+    for name in names:
+        m, wins = models[name], models[name].get("win_rate", {})
+        line = f"{name:<8}"
+        if has("gold"):
+            g = m.get("gold")
+            line += f" {g['mean']:>8.3f} [{g['low']:.3f}, {g['high']:.3f}]" if g else f" {'-':>24}"
+            line += f" {_pct(wins.get('gold')) if name != reference else '(reference)':>22}"
+        if has("reward"):
+            line += f" {m['reward']['mean']:>8.3f} {_pct(wins.get('reward')) if name != reference else '(reference)':>22}"
+        if any("judge" in models[n].get("win_rate", {}) for n in names):
+            line += f" {_pct(wins.get('judge')) if name != reference else '(reference)':>22}"
+        kl = m.get("kl")
+        line += f" {kl:>7.2f}" if kl is not None else f" {'-':>7}"
+        line += f" {m.get('length_tokens', m['length_words']):>7.1f} {m['distinct_2']:>7.3f} {100 * m['refusal_rate']:>7.0f}%"
+        lines.append(line)
+    lines.append(f"({results['prompts']} held-out prompts; win rates count ties as half, 95% bootstrap intervals; "
+                 f"KL(model || {reference}) in nats per sampled answer; length in tokens)")
+    return "\n".join(lines)

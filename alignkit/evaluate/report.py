@@ -1,0 +1,321 @@
+"""`<run>/report.html`: one self-contained page (inline SVG and CSS, no scripts, no network) for a run.
+
+    alignkit report RUN_DIR          # rebuilds RUN_DIR/report.html
+
+RUN_DIR is a pipeline directory (stage folders with metrics.jsonl, eval/results.json,
+pipeline.json), a single training run (metrics.jsonl, monitor.jsonl) or an eval output
+folder (results.json). The page shows, for each training stage, reward, KL, length, loss,
+the held-out monitor (proxy vs gold, with alarms marked) and the reward-hacking signals over
+steps; then win rates with their intervals, the results table, the distribution-shift
+buckets, and sample answers side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+# chart title -> metric keys drawn on it (those present in a stage's metrics)
+CHARTS = {
+    "Reward (training proxy)": ["reward", "rewards/margin", "rewards/chosen", "rewards/rejected", "eval/reward"],
+    "Held-out: proxy vs gold": ["monitor/proxy", "monitor/gold", "monitor/judge_win_rate", "eval/gold"],
+    "KL to the reference (nats/answer)": ["kl/ref", "monitor/kl", "eval/kl/ref"],
+    "Answer length": ["response/length", "monitor/length", "eval/length"],
+    "Loss": ["loss", "eval/loss"],
+    "Accuracy": ["rewards/accuracy", "eval/rewards/accuracy", "eval/accuracy"],
+    "Reward hacking": ["hacking/length_corr", "hacking/length_corr_trend", "hacking/repetition", "hacking/truncation_gain"],
+}
+STAGE_ORDER = ["sft", "reward", "ppo", "grpo", "dpo", "kto"]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1500px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #e4e4e4;border-radius:6px;background:#fff}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}
+th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}.answers td{max-width:330px;white-space:pre-wrap}
+.alarm{color:#b00020}.muted{color:#777;font-size:12px}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}
+"""
+
+
+# ---------------------------------------------------------------- SVG
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if 100 <= abs(value) < 1e6 else f"{value:.3g}"
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], marks: list[float] = (), width: int = 460,
+               height: int = 250) -> str:
+    """An inline SVG line chart of `series` (name -> [(x, y)]), with vertical red lines at `marks` (alarms)."""
+    points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
+    if not points:
+        return ""
+    left, right, top = 56, 12, 28
+    total_height = height + 8 + 16 * ((len(series) + 1) // 2)
+    xs, ys = [p[0] for p in points] + list(marks), [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 1, y1 + 1
+    pad = (y1 - y0) * 0.05
+    y0, y1 = y0 - pad, y1 + pad
+    plot_w, plot_h = width - left - right, height - top - 40
+    sx = lambda x: left + (x - x0) / (x1 - x0) * plot_w  # noqa: E731
+    sy = lambda y: top + (1 - (y - y0) / (y1 - y0)) * plot_h  # noqa: E731
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_height}" '
+           f'viewBox="0 0 {width} {total_height}" role="img" aria-label="{html.escape(title)}">',
+           f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>']
+    for i in range(5):
+        y = y0 + (y1 - y0) * i / 4
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{_fmt(y)}</text>')
+    for i in range(5):
+        x = x0 + (x1 - x0) * i / 4
+        out.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">{_fmt(x)}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 28}" text-anchor="middle" font-size="10" fill="#555">step</text>')
+    for mark in marks:
+        out.append(f'<line class="alarm-mark" x1="{sx(mark):.1f}" x2="{sx(mark):.1f}" y1="{top}" y2="{top + plot_h}" '
+                   f'stroke="#d62728" stroke-dasharray="4 3"/>')
+    for k, (name, pts) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        pts = [(x, y) for x, y in pts if math.isfinite(y)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        if len(pts) > 1:
+            out.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{color}" stroke-width="1.6"/>')
+        for x, y in (pts if len(pts) <= 40 else []):
+            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.2" fill="{color}"/>')
+        lx, ly = left + (k % 2) * (plot_w / 2), height + 6 + 16 * (k // 2)
+        out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{lx + 14}" y="{ly}" font-size="11">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def interval_chart(title: str, rows: list[tuple[str, float, float, float]], width: int = 520) -> str:
+    """Horizontal dots with interval whiskers on [0, 1] (win rates), a dashed line at 0.5."""
+    if not rows:
+        return ""
+    left, right, top, row_h = 170, 20, 30, 24
+    height = top + row_h * len(rows) + 30
+    plot_w = width - left - right
+    sx = lambda v: left + v * plot_w  # noqa: E731
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="{html.escape(title)}">',
+           f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
+           f'<line x1="{sx(0.5)}" x2="{sx(0.5)}" y1="{top - 4}" y2="{height - 26}" stroke="#999" stroke-dasharray="4 3"/>']
+    for v in (0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<text x="{sx(v):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{int(v * 100)}%</text>')
+    for i, (label, rate, low, high) in enumerate(rows):
+        y = top + row_h * i + row_h / 2
+        color = COLORS[i % len(COLORS)]
+        out.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end" font-size="11">{html.escape(label)}</text>'
+                   f'<line class="series" x1="{sx(low):.1f}" x2="{sx(high):.1f}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="2"/>'
+                   f'<circle cx="{sx(rate):.1f}" cy="{y}" r="4.5" fill="{color}"/>'
+                   f'<text x="{sx(high) + 6:.1f}" y="{y + 4}" font-size="10">{100 * rate:.0f}%</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- reading a run
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def find_stages(run: Path) -> dict[str, Path]:
+    """Stage name -> folder holding metrics.jsonl: the run itself, or its sub-folders in pipeline order."""
+    if (run / "metrics.jsonl").is_file():
+        return {run.name: run}
+    found = {p.name: p for p in sorted(run.iterdir()) if p.is_dir() and (p / "metrics.jsonl").is_file()}
+    return dict(sorted(found.items(), key=lambda kv: (STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99, kv[0])))
+
+
+def find_results(run: Path) -> dict:
+    for candidate in (run / "results.json", run / "eval" / "results.json"):
+        if candidate.is_file():
+            return _read_json(candidate)
+    return {}
+
+
+def series_of(metrics: list[dict], keys: list[str]) -> dict[str, list[tuple[float, float]]]:
+    out = {}
+    for key in keys:
+        pts = [(float(m["step"]), float(m[key])) for m in metrics if isinstance(m.get(key), (int, float)) and "step" in m]
+        if pts:
+            out[key] = pts
+    return out
+
+
+# ---------------------------------------------------------------- sections
+
+def stage_section(name: str, folder: Path) -> str:
+    metrics = _read_jsonl(folder / "metrics.jsonl")
+    monitor = _read_json(folder / "monitor.json")
+    summary = _read_json(folder / "summary.json")
+    alarm_steps = sorted({a["step"] for a in monitor.get("alarms", [])})
+    charts = [line_chart(title, series_of(metrics, keys), alarm_steps if title.startswith(("Held-out", "KL")) else [])
+              for title, keys in CHARTS.items()]
+    charts = [c for c in charts if c]
+    parts = [f'<h3 id="stage-{html.escape(name)}">{html.escape(name.upper())}</h3>']
+    facts = []
+    if summary.get("seconds") is not None:
+        facts.append(f"{summary['seconds']:.0f} s")
+    if summary.get("steps") is not None:
+        facts.append(f"{summary['steps']} steps")
+    if summary.get("model"):
+        facts.append(f"model: {html.escape(str(summary['model']))}")
+    if facts:
+        parts.append(f'<p class="muted">{" · ".join(facts)}</p>')
+    if monitor:
+        best = f"best held-out check at step {monitor['best_step']} (saved in {html.escape(str(monitor.get('best_dir')))})" if monitor.get("best_step") is not None else ""
+        parts.append(f"<p>Monitor: {monitor.get('checks', 0)} checks; {best}; "
+                     f"{'<b class=alarm>stopped early at step ' + str(monitor['stopped_at']) + '</b>; ' if monitor.get('stopped') else ''}"
+                     f"{monitor.get('hacking_warnings', 0)} reward-hacking warnings.</p>")
+        for alarm in monitor.get("alarms", [])[:10]:
+            parts.append(f'<p class="alarm">step {alarm["step"]}: {html.escape(alarm["alarm"])}</p>')
+    parts.append(f'<div class="charts">{"".join(charts) or "<p class=muted>no metrics logged</p>"}</div>')
+    return "\n".join(parts)
+
+
+def _pct(w: dict) -> str:
+    return f"{100 * w['rate']:.1f}% [{100 * w['low']:.1f}, {100 * w['high']:.1f}]"
+
+
+def results_section(results: dict) -> str:
+    reference, models = results["reference"], results["models"]
+    rows = [(f"{name} vs {reference} ({scorer})", w["rate"], w["low"], w["high"])
+            for name, m in models.items() for scorer, w in m.get("win_rate", {}).items()]
+    scorers = sorted({s for m in models.values() for s in ("gold", "reward") if s in m})
+    head = "".join(f"<th>mean {s} [CI]</th><th>win vs {html.escape(reference)} ({s})</th>" for s in scorers)
+    judge = any("judge" in m.get("win_rate", {}) for m in models.values())
+    head += "<th>win (judge)</th>" if judge else ""
+    table = [f"<table><tr><th>model</th>{head}<th>KL</th><th>length (tokens)</th><th>distinct-1</th><th>distinct-2</th><th>refusal</th><th>repetition</th></tr>"]
+    for name, m in models.items():
+        cells = ""
+        for s in scorers:
+            value = m.get(s)
+            cells += f'<td class="num">{value["mean"]:.3f} [{value["low"]:.3f}, {value["high"]:.3f}]</td>' if value else "<td></td>"
+            w = m.get("win_rate", {}).get(s)
+            cells += f'<td class="num">{_pct(w) if w else "(reference)"}</td>'
+        if judge:
+            w = m.get("win_rate", {}).get("judge")
+            cells += f'<td class="num">{_pct(w) if w else "(reference)"}</td>'
+        kl = m.get("kl")
+        table.append(f'<tr><td>{html.escape(name)}</td>{cells}<td class="num">{"-" if kl is None else f"{kl:.2f}"}</td>'
+                     f'<td class="num">{m.get("length_tokens", m.get("length_words", 0)):.1f}</td><td class="num">{m["distinct_1"]:.3f}</td>'
+                     f'<td class="num">{m["distinct_2"]:.3f}</td><td class="num">{100 * m["refusal_rate"]:.0f}%</td>'
+                     f'<td class="num">{m["repetition_rate"]:.3f}</td></tr>')
+    table.append("</table>")
+    parts = [f"<h2>Evaluation on {results.get('prompts', '?')} held-out prompts</h2>",
+             f'<div class="charts">{interval_chart("Win rate against " + reference + " (95% CI; ties count half)", rows)}</div>',
+             "\n".join(table),
+             f'<p class="muted">KL(model || {html.escape(reference)}) is the k1 estimate on sampled answers, nats per answer.</p>']
+    for name, m in models.items():
+        if m.get("judge_bias"):
+            b = m["judge_bias"]
+            parts.append(f'<p class="muted">judge on {html.escape(name)}: first-slot rate {b.get("first_slot_rate", 0):.2f}, '
+                         f'self-consistency {b.get("self_consistency", 0):.2f} (both orders averaged).</p>')
+    return "\n".join(parts)
+
+
+def shift_section(shift: dict) -> str:
+    rows = "".join(f'<tr><td>{i}</td><td class="num">{b["distance_min"]:.3f}–{b["distance_max"]:.3f}</td><td class="num">{b["n"]}</td>'
+                   f'<td class="num">{b["accuracy"]:.3f}</td><td class="num">{b.get("ensemble_std", float("nan")):.3f}</td></tr>'
+                   for i, b in enumerate(shift["buckets"], 1))
+    return (f"<h2>Distribution shift</h2><p>Reward model ({shift['members']} member(s)) on {shift['pairs']} held-out pairs: "
+            f"accuracy {shift['accuracy']:.3f}. Distance = 1 − cosine similarity (all-MiniLM-L6-v2) to the nearest training prompt.</p>"
+            f"<table><tr><th>bucket</th><th>distance</th><th>pairs</th><th>RM accuracy</th><th>ensemble std</th></tr>{rows}</table>")
+
+
+def samples_section(results: dict, limit: int = 12) -> str:
+    samples = results.get("samples", [])
+    seen, picked = set(), []
+    for s in samples:  # one per category first, then in order
+        if s.get("category") not in seen:
+            seen.add(s.get("category"))
+            picked.append(s)
+    picked += [s for s in samples if s not in picked][: max(0, limit - len(picked))]
+    names = list(results["models"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = []
+    for s in picked[:limit]:
+        cells = ""
+        for n in names:
+            score = s.get("scores", {}).get(n, {})
+            tag = ", ".join(f"{k} {v:+.2f}" for k, v in score.items() if k in ("gold", "reward") and isinstance(v, (int, float)))
+            cells += f"<td>{html.escape(str(s['answers'].get(n, '')))}<div class=muted>{tag}</div></td>"
+        prompt = s["prompt"] if isinstance(s["prompt"], str) else json.dumps(s["prompt"])
+        category = f"<div class=muted>{html.escape(str(s['category']))}</div>" if s.get("category") else ""
+        rows.append(f"<tr><td>{html.escape(prompt)}{category}</td>{cells}</tr>")
+    return f'<h2>Sample answers</h2><table class="answers"><tr><th>prompt</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def pipeline_section(pipeline: dict) -> str:
+    if not pipeline:
+        return ""
+    stages = "".join(f"<tr><td>{html.escape(s)}</td><td>{html.escape(str(v.get('status', '')))}</td><td class=num>{v.get('seconds', 0):.0f}</td></tr>"
+                     for s, v in pipeline.get("stages", {}).items())
+    table = f"<pre>{html.escape(pipeline['table'])}</pre>" if pipeline.get("table") else ""
+    return (f"<h2>Pipeline</h2>{table}<table><tr><th>stage</th><th>status</th><th>seconds</th></tr>{stages}</table>"
+            f'<p class="muted">total {pipeline.get("seconds", 0):.0f} s</p>')
+
+
+def build_report(run: str | Path) -> str:
+    run = Path(run)
+    if not run.is_dir():
+        raise AlignkitError(f"run directory {run} does not exist")
+    stages, results, pipeline = find_stages(run), find_results(run), _read_json(run / "pipeline.json")
+    if not stages and not results:
+        raise AlignkitError(f"{run} holds no metrics.jsonl (nor stage folders with one) and no results.json; point to a run directory")
+    body = [f"<h1>alignkit report: {html.escape(str(run))}</h1>", pipeline_section(pipeline)]
+    if results:
+        body.append(results_section(results))
+    if stages:
+        body.append("<h2>Training</h2>" + "\n".join(stage_section(name, folder) for name, folder in stages.items()))
+    if results.get("shift"):
+        body.append(shift_section(results["shift"]))
+    if results.get("samples"):
+        body.append(samples_section(results))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>alignkit report: {html.escape(run.name)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(run: str | Path) -> Path:
+    path = Path(run) / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(build_report(run), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- `alignkit report`
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a pipeline, training-run or eval directory")
+
+
+def run(args) -> None:
+    print(f"report written to {write_report(args.run_dir)}")

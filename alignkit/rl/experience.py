@@ -1,0 +1,138 @@
+"""One batch of experience: rollout -> rewards -> KL to the reference -> advantages.
+
+This is the plumbing `train/ppo.py` and `train/grpo.py` share; the math it calls
+lives in `losses/kl.py` and `rl/advantages.py`. The returned `Rollout` carries, in
+`extras`, every per-token tensor the update needs:
+
+    logps       (N, T) log pi_old at rollout time (absent when the update is a single
+                on-policy pass: pi_old = pi, so its own forward provides them, as TRL does)
+    ref_logps   (N, T) log pi_ref
+    values      (N, T) V_old (gae only)
+    advantages  (N, T), returns (N, T)
+and `response_mask` already has skipped / masked-out responses zeroed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.losses.kl import kl_per_token
+from alignkit.rl.advantages import AdvantageInputs, compute_advantages
+from alignkit.rl.rollout import Rollout, generate, rollout_logprobs, select
+from alignkit.rl.value_model import logprobs_and_values
+
+
+def needs_rollout_logps(config) -> bool:
+    """pi_old must be computed at rollout time unless the update is one on-policy pass with the KL in the loss."""
+    return config.ppo_epochs > 1 or config.num_minibatches > 1 or config.kl_in == "reward"
+
+
+@contextlib.contextmanager
+def reference_mode(policy, reference_model):
+    """Yields the model that computes pi_ref: a frozen copy, or the LoRA policy with adapters disabled."""
+    if reference_model is not None:
+        yield reference_model
+        return
+    peft_model = policy
+    while not hasattr(peft_model, "disable_adapter") and hasattr(peft_model, "module"):
+        peft_model = peft_model.module
+    if not hasattr(peft_model, "disable_adapter"):
+        raise AlignkitError("the reference needs either a LoRA policy (adapters disabled) or reference: copy")
+    with peft_model.disable_adapter():
+        yield peft_model
+
+
+@torch.no_grad()
+def old_logps_and_values(policy, value_model, rollout: Rollout, batch_size: int, temperature: float, autocast):
+    """pi_old log-probs and V_old for every response token, through the training code path."""
+    device = next(policy.parameters()).device
+    tensors = rollout.tensors()
+    logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32)
+    values = torch.zeros_like(logps)
+    for start in range(0, rollout.num_responses, batch_size):
+        rows = list(range(start, min(start + batch_size, rollout.num_responses)))
+        batch = select(tensors, rows, device)
+        with autocast():
+            lp, _, v = logprobs_and_values(policy, value_model, batch, temperature)
+        first = int(tensors["attention_mask"][rows].any(0).nonzero()[0])
+        logps[rows, first:first + lp.shape[1]] = lp.float().cpu()
+        if v is not None:
+            values[rows, first:first + v.shape[1]] = v.float().cpu()
+    return logps, values
+
+
+def _columns(rows: list[dict], prompt_index: list[int]) -> dict[str, list]:
+    """The prompt rows' other columns, one value per response."""
+    names = sorted({k for row in rows for k in row} - {"prompt"})
+    return {name: [rows[i].get(name) for i in prompt_index] for name in names}
+
+
+def response_metrics(rollout: Rollout) -> dict:
+    lengths = rollout.response_lengths.float()
+    generated = float(sum(len(r) for r in rollout.response_ids))
+    return {
+        "response/length": lengths.mean().item(),
+        "response/eos_rate": rollout.finished.float().mean().item(),
+        "throughput/generation_tokens_per_s": generated / max(rollout.generation_seconds, 1e-9),
+    }
+
+
+def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows: list[dict], config, rewards,
+                    kl_coef: float, reference_model=None, value_model=None, autocast=contextlib.nullcontext,
+                    generator=None) -> tuple[Rollout, dict]:
+    """Samples G responses per prompt, scores them, and computes advantages; returns the rollout and its metrics.
+
+    `generator` (optional) replaces HF generate, e.g. a `VLLMGenerator`; it takes the
+    same arguments as `rl.rollout.generate` minus the model.
+    """
+    sample = dict(group_size=config.group_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                  top_p=config.top_p, batch_size=config.generation_batch_size, bf16=config.mixed_precision == "bf16")
+    rollout = generator(tokenizer, prompt_ids, **sample) if generator else generate(policy, tokenizer, prompt_ids, **sample)
+    metrics = response_metrics(rollout)
+
+    # rewards: the sources, then the length-limit policy
+    prompts = [prompt_rows[i]["prompt"] for i in rollout.prompt_index]
+    result = rewards(prompts, rollout.responses, _columns(prompt_rows, rollout.prompt_index))
+    scores = result.normalized - config.missing_eos_penalty * (~rollout.finished).float()
+    valid = result.valid & (rollout.finished | (not config.mask_truncated_completions))
+    metrics.update(result.metrics())
+    metrics["response/masked"] = int((~(rollout.finished | (not config.mask_truncated_completions))).sum())
+
+    # log-probs under pi_old and pi_ref, values under V_old: all through the training code path
+    use_values = config.advantage == "gae"
+    if needs_rollout_logps(config) or use_values:
+        logps, values = old_logps_and_values(policy, value_model if use_values else None, rollout, config.batch_size, config.temperature, autocast)
+        rollout.extras["logps"] = logps
+        if use_values:
+            rollout.extras["values"] = values
+    with reference_mode(policy, reference_model) as reference:
+        rollout.extras["ref_logps"] = rollout_logprobs(reference, rollout, config.batch_size, config.temperature, autocast)
+
+    mask = rollout.response_mask.float()
+    kl = None
+    if "logps" in rollout.extras:
+        kl = kl_per_token(rollout.extras["logps"], rollout.extras["ref_logps"], mask, config.kl_estimator)
+        k1 = kl_per_token(rollout.extras["logps"], rollout.extras["ref_logps"], mask, "k1")
+        metrics["kl/ref"] = k1.sum(-1)[valid].mean().item()  # nats per response (k1 is unbiased)
+    inputs = AdvantageInputs(scores=scores, mask=mask, valid=valid, kl=kl, kl_coef=kl_coef if config.kl_in == "reward" else 0.0,
+                             values=rollout.extras.get("values"), group_size=config.group_size, gamma=config.gamma,
+                             lam=config.lam, scale_rewards=config.scale_rewards)
+    advantages, returns = compute_advantages(config.advantage, inputs, config.whiten_advantages)
+    rollout.extras["advantages"], rollout.extras["returns"] = advantages, returns
+    rollout.response_mask = rollout.response_mask * valid[:, None].long()
+    if use_values:
+        metrics["value/explained_var"] = explained_variance(rollout.extras["values"], returns, rollout.response_mask)
+    metrics["kl/coef"] = kl_coef
+    return rollout, metrics
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over the masked tokens: 1 is perfect, 0 no better than a constant."""
+    m = mask.bool()
+    target, predicted = returns[m], values[m]
+    if target.numel() < 2 or target.var() == 0:
+        return float("nan")
+    return (1 - (target - predicted).var() / target.var()).item()

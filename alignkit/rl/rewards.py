@@ -1,0 +1,287 @@
+"""Reward sources for online RL: a trained reward model (or ensemble), a Python function, an HTTP endpoint,
+and a weighted sum of several.
+
+Every source is called as `source(prompts, responses, columns) -> list[float]` where
+`columns` holds the prompt rows' other columns, one value per response. `Rewards`
+combines sources and then applies, in order: the weighted sum, running normalisation
+(optional) and clipping (optional). Bad values never pass silently:
+
+- a function that raises, or returns the wrong number of values or non-numbers: an
+  `AlignkitError` naming the function and what it returned;
+- NaN / None / inf for some responses: those responses are skipped (advantage 0, left
+  out of the loss and of every baseline) and counted in `reward/skipped`, or an error
+  with `on_invalid: error`; a batch with no valid reward at all is an error;
+- an endpoint that does not answer within `timeout` after `retries` retries: an error
+  saying so and what to check.
+
+Config form (`rewards:` in a PPO/GRPO config), a list of sources:
+
+    rewards:
+      - {type: model, path: runs/rm, weight: 1.0, conservative_k: 1.0}
+      - {type: function, function: "my_module:my_reward", weight: 0.5}
+      - {type: http, url: "http://localhost:8000/score", timeout: 30, retries: 2}
+
+`hhh-mini-gold` names the hhh-mini gold judge as a function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from alignkit.errors import AlignkitError
+
+FUNCTION_ALIASES = {"hhh-mini-gold": "alignkit.data.tasks.hhh_mini:gold_rewards"}
+
+
+def _check_values(values, count: int, source: str) -> list[float]:
+    """`values` as floats (NaN for None), or an error naming `source` when the count or types are wrong."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().flatten().tolist()
+    try:
+        values = list(values)
+    except TypeError:
+        raise AlignkitError(f"reward {source} returned {type(values).__name__}, not a list of {count} numbers") from None
+    if len(values) != count:
+        raise AlignkitError(f"reward {source} returned {len(values)} values for {count} responses; it must return one number per response")
+    out = []
+    for i, value in enumerate(values):
+        if value is None:
+            out.append(math.nan)
+            continue
+        try:
+            out.append(float(value))
+        except (TypeError, ValueError):
+            raise AlignkitError(f"reward {source} returned {value!r} for response {i + 1}; rewards must be numbers") from None
+    return out
+
+
+# ---------------------------------------------------------------- sources
+
+def resolve_function(spec: str) -> Callable:
+    """`module:function`, `path/to/file.py:function` or an alias (hhh-mini-gold) -> the callable."""
+    spec = FUNCTION_ALIASES.get(spec, spec)
+    module_name, _, name = spec.rpartition(":")
+    if not module_name or not name:
+        raise AlignkitError(f"reward function {spec!r} must look like module:function or path/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise AlignkitError(f"reward function file {path} does not exist")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[path.stem] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AlignkitError(f"reward function {spec}: cannot import {module_name} ({exc}); check the module path and PYTHONPATH") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise AlignkitError(f"reward function {spec}: {module_name} has no function {name!r}")
+    return function
+
+
+class FunctionReward:
+    """A Python function `fn(prompts, responses, **columns) -> list[float]`."""
+
+    def __init__(self, function, name: str | None = None):
+        self.function = resolve_function(function) if isinstance(function, str) else function
+        self.name = name or (function if isinstance(function, str) else getattr(function, "__name__", "function"))
+
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None) -> list[float]:
+        try:
+            values = self.function(prompts, responses, **(columns or {}))
+        except AlignkitError:
+            raise
+        except Exception as exc:  # the user's code: report it, with its own message
+            raise AlignkitError(f"reward function {self.name} raised {type(exc).__name__}: {exc}; it is called as "
+                                f"fn(prompts, responses, **columns) with {len(responses)} responses") from exc
+        return _check_values(values, len(responses), f"function {self.name}")
+
+
+class HTTPReward:
+    """POSTs `{"prompts": [...], "responses": [...], <column>: [...]}` as JSON to `url`;
+    the answer is a JSON list of numbers or `{"rewards": [...]}`."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2, backoff: float = 0.5):
+        if not url.startswith(("http://", "https://")):
+            raise AlignkitError(f"reward url {url!r} must start with http:// or https://")
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.name = url
+
+    def _post(self, payload: bytes):
+        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None) -> list[float]:
+        payload = json.dumps({"prompts": prompts, "responses": responses, **(columns or {})}, default=str).encode("utf-8")
+        reason = ""
+        for attempt in range(self.retries + 1):
+            try:
+                answer = self._post(payload)
+                break
+            except urllib.error.HTTPError as exc:  # the server answered: retrying will not help
+                body = exc.read().decode("utf-8", "replace")[:200]
+                raise AlignkitError(f"reward endpoint {self.url} answered HTTP {exc.code}: {body}") from None
+            except json.JSONDecodeError as exc:
+                raise AlignkitError(f"reward endpoint {self.url} answered with something that is not JSON ({exc})") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                reason = str(getattr(exc, "reason", exc))
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+        else:
+            raise AlignkitError(f"reward endpoint {self.url} is unreachable after {self.retries + 1} tries ({reason}); "
+                                f"check that the server is running and the url, or raise reward timeout/retries")
+        values = answer.get("rewards") if isinstance(answer, dict) else answer
+        if values is None:
+            raise AlignkitError(f"reward endpoint {self.url} answered a JSON object without 'rewards'; keys: {sorted(answer)}")
+        return _check_values(values, len(responses), f"endpoint {self.url}")
+
+
+class ModelReward:
+    """A trained reward model or ensemble directory (`alignkit.models.reward.RewardModel`).
+
+    `conservative_k` > 0 scores an ensemble by mean - k * std (a pessimistic estimate
+    that resists over-optimisation, Coste et al. 2024); `standardize` divides by the
+    model's own normalisation statistics (mean/std of its training scores).
+    """
+
+    def __init__(self, path: str, conservative_k: float = 0.0, batch_size: int = 16, standardize: bool = True,
+                 bf16: bool = True, device: str = "cpu"):
+        try:
+            from alignkit.models.reward import RewardModel
+        except ImportError as exc:
+            raise AlignkitError(f"reward model {path}: alignkit.models.reward is not available ({exc})") from None
+        self.model = RewardModel.load(path, device=device, bf16=bf16)
+        self.name, self.k, self.batch_size, self.standardize = str(path), conservative_k, batch_size, standardize
+
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None) -> list[float]:
+        scores = self.model.score(prompts, responses, batch_size=self.batch_size)
+        values = torch.as_tensor(scores.conservative(self.k) if self.k else scores.mean, dtype=torch.float32)
+        stats = getattr(self.model, "normalization", None) or {}
+        if self.standardize and stats.get("std"):
+            values = (values - float(stats.get("mean", 0.0))) / float(stats["std"])
+        return _check_values(values, len(responses), f"model {self.name}")
+
+
+def _from_spec(cls, spec: dict, allowed: set, renames: dict | None = None):
+    unknown = set(spec) - allowed - {"type", "weight"}
+    if unknown:
+        raise AlignkitError(f"reward source {spec.get('type')!r}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed | {'type', 'weight'})}")
+    kwargs = {(renames or {}).get(k, k): v for k, v in spec.items() if k in allowed}
+    return cls(**kwargs)
+
+
+REWARD_SOURCES = {
+    "model": lambda spec: _from_spec(ModelReward, spec, {"path", "conservative_k", "batch_size", "standardize", "bf16", "device"}),
+    "function": lambda spec: _from_spec(FunctionReward, spec, {"function", "name"}),
+    "http": lambda spec: _from_spec(HTTPReward, spec, {"url", "timeout", "retries", "backoff"}),
+}
+
+
+# ---------------------------------------------------------------- combining
+
+class RunningMoments:
+    """Mean and standard deviation of every value seen so far (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: torch.Tensor) -> None:
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean = values.mean().item()
+        batch_m2 = ((values - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta ** 2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+
+
+@dataclass
+class RewardResult:
+    raw: torch.Tensor  # (N,) weighted sum of the sources (0 where invalid)
+    normalized: torch.Tensor  # (N,) after running normalisation and clipping: what the optimiser sees
+    valid: torch.Tensor  # (N,) bool
+    per_source: dict  # source name -> mean raw value over valid responses
+
+    def metrics(self) -> dict:
+        valid = self.valid
+        mean = lambda x: x[valid].mean().item() if valid.any() else float("nan")
+        out = {"reward": mean(self.raw), "reward/normalized": mean(self.normalized),
+               "reward/std": self.raw[valid].std().item() if valid.sum() > 1 else 0.0,
+               "reward/skipped": int((~valid).sum())}
+        if len(self.per_source) > 1:
+            out.update({f"reward/{name}": value for name, value in self.per_source.items()})
+        return out
+
+
+class Rewards:
+    """A weighted sum of reward sources, then running normalisation and clipping."""
+
+    def __init__(self, sources: list[tuple[str, Callable, float]], normalize: bool = False, clip: float = 0.0,
+                 on_invalid: str = "skip"):
+        if not sources:
+            raise AlignkitError("no reward configured: set reward_model, reward_function, reward_url or rewards")
+        if on_invalid not in ("skip", "error"):
+            raise AlignkitError(f"on_invalid must be skip or error, got {on_invalid!r}")
+        self.sources, self.normalize, self.clip, self.on_invalid = sources, normalize, clip, on_invalid
+        self.moments = RunningMoments()
+
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None, update_stats: bool = True) -> RewardResult:
+        """Scores `responses`; `update_stats=False` (evaluation) leaves the running statistics alone."""
+        total = torch.zeros(len(responses), dtype=torch.float32)
+        per_source, valid = {}, torch.ones(len(responses), dtype=torch.bool)
+        for name, source, weight in self.sources:
+            values = torch.tensor(source(prompts, responses, columns or {}), dtype=torch.float32)
+            bad = ~torch.isfinite(values)
+            if bad.any() and self.on_invalid == "error":
+                first = int(bad.nonzero()[0]) + 1
+                raise AlignkitError(f"reward {name} gave {values[first - 1].item()} for response {first} "
+                                    f"({int(bad.sum())} of {len(values)} not finite); fix it or set on_invalid: skip")
+            valid &= ~bad
+            values = torch.where(bad, torch.zeros_like(values), values)
+            per_source[name] = values[~bad].mean().item() if (~bad).any() else float("nan")
+            total += weight * values
+        if not valid.any():
+            raise AlignkitError(f"every reward in the batch of {len(responses)} was NaN/None/inf; check the reward source")
+        normalized = total.clone()
+        if self.normalize:
+            if update_stats:
+                self.moments.update(total[valid])
+            normalized = (total - self.moments.mean) / (self.moments.std + 1e-8)
+        if self.clip > 0:
+            normalized = normalized.clamp(-self.clip, self.clip)
+        normalized = torch.where(valid, normalized, torch.zeros_like(normalized))
+        return RewardResult(raw=total, normalized=normalized, valid=valid, per_source=per_source)
+
+
+def build_rewards(specs: list[dict], normalize: bool = False, clip: float = 0.0, on_invalid: str = "skip") -> Rewards:
+    """`Rewards` from a list of source specs ({type, weight, ...}); see the module docstring."""
+    sources = []
+    for number, spec in enumerate(specs, 1):
+        if not isinstance(spec, dict) or spec.get("type") not in REWARD_SOURCES:
+            raise AlignkitError(f"rewards entry {number} must be a mapping with type: {' | '.join(REWARD_SOURCES)}; got {spec!r}")
+        source = REWARD_SOURCES[spec["type"]](spec)
+        sources.append((source.name, source, float(spec.get("weight", 1.0))))
+    return Rewards(sources, normalize, clip, on_invalid)

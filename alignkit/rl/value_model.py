@@ -1,0 +1,141 @@
+"""Value models for PPO: a value head on the policy's backbone, or a separate critic.
+
+- `head`: a linear layer on the policy's final hidden states (shared backbone). The
+  policy forward already computes those states at the response positions; a hook on
+  the LM head's input picks them up, so log-probs and values come from one forward
+  through `token_logprobs`, the same code path as everywhere else.
+- `policy` / `reward`: a separate critic, a backbone plus a linear head, initialised
+  from the policy's weights or from the reward model's (whose scalar head is the
+  natural starting value, Ouyang et al. 2022). It costs a second forward and backward.
+
+V(s_t) for response token t is read from the hidden state at t - 1 (the state that
+also predicts token t), so values and log-probs share positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.errors import AlignkitError
+from alignkit.models.logprobs import unwrap
+from alignkit.rl.rollout import batch_logprobs
+
+
+class ValueHead(nn.Module):
+    """hidden (N, H) -> value (N,), initialised to predict 0."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+
+@contextlib.contextmanager
+def captured_head_inputs(model):
+    """Collects the 2-D inputs of the LM head (the hidden states `token_logprobs` projects), in call order."""
+    captured: list[torch.Tensor] = []
+    head = unwrap(model).get_output_embeddings()
+
+    def hook(module, args):
+        if args[0].dim() == 2:
+            captured.append(args[0])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def scored_positions(mask: torch.Tensor):
+    """(rows, cols) of the tokens `token_logprobs` scores: mask on, column 0 never."""
+    scored = mask.bool().clone()
+    scored[:, 0] = False
+    return scored.nonzero(as_tuple=True)
+
+
+def logprobs_and_values(model, value_model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs (N, T), entropies (N, T) or None, and values (N, T) (None without a value model)."""
+    if isinstance(value_model, ValueHead):
+        with captured_head_inputs(model) as captured:
+            logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
+        hidden = torch.cat(captured) if captured else logps.new_zeros(0, value_model.linear.in_features)
+        rows, cols = scored_positions(batch["response_mask"])
+        values = torch.zeros_like(logps).index_put((rows, cols), value_model(hidden).float())
+        return logps, entropy, values
+    logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
+    values = value_model(batch) if value_model is not None else None
+    return logps, entropy, values
+
+
+class Critic(nn.Module):
+    """A separate value model: transformer backbone + linear head, values at response positions."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            position_ids=batch["position_ids"], use_cache=False)
+        per_state = self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1).float()  # (N, T)
+        values = torch.zeros_like(per_state)
+        values[:, 1:] = per_state[:, :-1]  # V for token t comes from the state at t - 1
+        return values * batch["response_mask"]
+
+
+def _first_model_dir(path: str) -> str:
+    """A model directory, or the first member of an ensemble directory."""
+    from alignkit.models.load import resolve_model_path
+
+    resolved = Path(resolve_model_path(path))
+    if (resolved / "config.json").is_file() or (resolved / "adapter_config.json").is_file():
+        return str(resolved)
+    members = sorted(p for p in resolved.iterdir() if p.is_dir() and ((p / "config.json").is_file() or (p / "model" / "config.json").is_file()))
+    if not members:
+        raise AlignkitError(f"critic initialisation: {path} holds no model (no config.json, no ensemble members)")
+    return resolve_model_path(str(members[0]))
+
+
+def load_critic(path: str, args, zero_head: bool) -> Critic:
+    """A critic from a causal LM or reward model directory; LoRA on its backbone when `args.lora_r` > 0."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.models.load import add_lora, load_causal_lm
+
+    model = load_causal_lm(_first_model_dir(path), args.dtype, args.trust_remote_code,
+                           model_class=AutoModelForSequenceClassification, num_labels=1)
+    model = unwrap(model)
+    head = getattr(model, "score", None)
+    if head is None:
+        raise AlignkitError(f"critic initialisation: {path} loads as {type(model).__name__} without a `score` head")
+    if zero_head:
+        nn.init.zeros_(head.weight)
+    backbone = model.base_model
+    if args.lora_r > 0:
+        backbone = add_lora(backbone, args.lora_r, args.lora_alpha, 0.0, args.target_modules, task_type="FEATURE_EXTRACTION")
+    head.weight.requires_grad_(True)
+    return Critic(backbone, head)
+
+
+def build_value_model(kind: str, args, policy, reward_model_path: str = ""):
+    """`head`, `policy` (critic from the policy's weights), `reward` (critic from the reward model), or `none`."""
+    if kind == "none":
+        return None
+    if kind == "head":
+        return ValueHead(unwrap(policy).config.hidden_size)
+    if kind == "policy":
+        return load_critic(args.model, args, zero_head=True)
+    if kind == "reward":
+        if not reward_model_path:
+            raise AlignkitError("value_model: reward needs a reward model (reward_model: PATH)")
+        return load_critic(reward_model_path, args, zero_head=False)
+    raise AlignkitError(f"value_model must be head, policy, reward or none; got {kind!r}")

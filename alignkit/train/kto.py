@@ -1,0 +1,243 @@
+"""Direct alignment from unpaired feedback: KTO on (prompt, completion, label) rows.
+
+config -> setup (model, rows, KL partners, reference, optimizer) -> loop -> save.
+Each row carries a fixed *mismatched* partner: its prompt with another row's
+completion (the next row, in a seeded shuffle, whose prompt differs). The batch
+mean of the policy-vs-reference log-ratio on those pairs is KTO's reference point
+z0 (clamped at zero, detached, averaged over processes). Fixing the partner per row,
+as TRL does by rotating completions in dataset chunks before shuffling, is what
+lets the reference log-probs of the mismatched pairs be cached like the others.
+Preference pairs can be read with `from_preference: true` (one desirable and one
+undesirable row per pair).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from alignkit.config import KTOConfig, save_config
+from alignkit.data.formats import load_dataset, preference_to_unpaired
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
+from alignkit.errors import AlignkitError
+from alignkit.losses.kto import kto_kl_estimate, kto_loss
+from alignkit.models.load import count_parameters, load_policy
+from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from alignkit.train.dpo import format_summary, optimizer_step, sequence_tokens
+from alignkit.train.loop import (
+    BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log,
+    make_accelerator, save_model, split_holdout, total_optimizer_steps, write_json,
+)
+from alignkit.train.reference import build_reference
+from alignkit.train.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
+
+UNPAIRED_KINDS = ("unpaired_preference",)
+DEFAULT_BETA = 0.1
+OWN, MISMATCHED = (0,), (1,)  # sequence columns: (prompt, own completion), (prompt, partner's completion)
+
+
+def mismatched_partners(prompts: list, seed: int) -> list[int]:
+    """For each row, another row whose prompt differs: the next such row in a seeded shuffle."""
+    n = len(prompts)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    partners = []
+    position = {row: pos for pos, row in enumerate(order)}
+    for i in range(n):
+        candidates = (order[(position[i] + step) % n] for step in range(1, n))
+        partners.append(next((j for j in candidates if prompts[j] != prompts[i]), order[(position[i] + 1) % n]))
+    return partners
+
+
+def tokenize_unpaired(rows: list[dict], tokenizer, max_length: int, truncation_side: str = "left",
+                      truncation_mode: str = "truncate", seed: int = 0) -> tuple[list[dict], TokenizeReport]:
+    """Examples {"index", "row", "label", "sequences": [(prompt, completion), (prompt, partner completion)]}, and the report."""
+    report, encoded = TokenizeReport(rows=len(rows)), []
+    for number, row in enumerate(rows, 1):
+        prompt_ids, (completion_ids,) = encode_completions(tokenizer, row["prompt"], [row["completion"]])
+        if not completion_ids:
+            report.dropped += 1
+            report.note("empty completion", number)
+            continue
+        prompt_ids, (completion_ids,), truncated = fit_prompt_completions(prompt_ids, [completion_ids], max_length, truncation_side)
+        if truncated and truncation_mode == "drop":
+            report.dropped += 1
+            report.note(f"longer than max_length={max_length}", number)
+            continue
+        if truncated:
+            report.truncated += 1
+            report.note(f"truncated to max_length={max_length}", number)
+        encoded.append((number, row["label"], prompt_ids, completion_ids))
+    partners = mismatched_partners([tuple(p) for _, _, p, _ in encoded], seed)
+    examples = []
+    for index, ((number, label, prompt_ids, completion_ids), partner) in enumerate(zip(encoded, partners)):
+        other = encoded[partner][3][: max(1, max_length - len(prompt_ids))]
+        examples.append({"index": index, "row": number, "label": bool(label),
+                         "sequences": [(prompt_ids, completion_ids), (prompt_ids, other)]})
+    report.kept = len(examples)
+    return examples, report
+
+
+def read_unpaired(source: str, config, stage: str, split: str) -> list[dict]:
+    """Unpaired rows from `source`; preference pairs are converted only when `from_preference` is set."""
+    if config.from_preference:
+        rows, _ = load_dataset(source, ("preference",), stage, split, hint="; from_preference expects (prompt, chosen, rejected) rows")
+        return preference_to_unpaired(rows)
+    hint = "; pass --from_preference true to turn each pair into one desirable and one undesirable row"
+    rows, _ = load_dataset(source, UNPAIRED_KINDS, stage, split, hint=hint)
+    return rows
+
+
+def load_unpaired(config, tokenizer):
+    """Tokenized train and held-out rows (with KL partners) and their reports."""
+    if not config.data:
+        raise AlignkitError("no training data: set `data:` in the config or pass --data FILE")
+    rows = read_unpaired(config.data, config, "KTO", config.data_split)
+    if config.eval_data:
+        eval_rows = read_unpaired(config.eval_data, config, "KTO evaluation", "test")
+    else:
+        rows, eval_rows = split_holdout(rows, config.eval_fraction, config.seed)
+    tokenize = dict(max_length=config.max_length, truncation_side=config.truncation_side,
+                    truncation_mode=config.truncation_mode, seed=config.seed)
+    train, report = tokenize_unpaired(rows, tokenizer, **tokenize)
+    held_out, eval_report = tokenize_unpaired(eval_rows, tokenizer, **tokenize) if eval_rows else ([], None)
+    log.info(report.summary(f"{config.data} ({'preference pairs, converted' if config.from_preference else 'unpaired'})"))
+    if eval_report:
+        log.info(eval_report.summary("held-out"))
+    check_balance(train, config)
+    return train, held_out, report, eval_report
+
+
+def check_balance(examples: list[dict], config) -> None:
+    """Warns when lambda_D * n_D / (lambda_U * n_U) leaves [1, 4/3], the range the KTO paper recommends."""
+    desirable = sum(e["label"] for e in examples)
+    undesirable = len(examples) - desirable
+    if not desirable or not undesirable:
+        raise AlignkitError(f"{config.data}: KTO needs both desirable and undesirable rows; found {desirable} and {undesirable}")
+    ratio = config.desirable_weight * desirable / (config.undesirable_weight * undesirable)
+    if not 1 <= ratio <= 4 / 3:
+        log.warning(f"KTO: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) = {ratio:.2f}; the paper advises 1 to 4/3 "
+                    f"({desirable} desirable, {undesirable} undesirable rows)")
+
+
+def unpaired_logps(model, reference, examples: list[dict], pad_id: int, device, autocast, share_prompt: bool = False):
+    """Policy log-probs of the rows (with grad), and of their mismatched pairs (no grad), plus reference log-probs of both.
+
+    The policy scores the two apart (only the rows need a backward); the reference scores both in one forward.
+    """
+    own = to_device(collate_sequences(examples, OWN, pad_id), device)  # (B, T)
+    mismatched = to_device(collate_sequences(examples, MISMATCHED, pad_id), device)  # (B, T')
+    with autocast():
+        logps = sequence_logps(model, own)[0]  # (B,)
+    with torch.no_grad(), autocast():
+        kl_logps = sequence_logps(model, mismatched)[0]  # (B,)
+    both = to_device(collate_sequences(examples, OWN + MISMATCHED, pad_id, share_prompt), device) if reference.name != "precompute" else own
+    ref_logps, kl_ref_logps = reference.logps(model, examples, OWN + MISMATCHED, both, autocast).float().chunk(2)
+    return logps, ref_logps, kl_logps.float(), kl_ref_logps
+
+
+@torch.no_grad()
+def evaluate_kto(model, reference, examples, pad_id, batch_size, device, autocast, share_prompt: bool = False, **options) -> dict:
+    """Held-out KTO metrics (`eval/` prefix), z0 estimated over the whole held-out set."""
+    was_training = model.training
+    model.eval()
+    parts = [unpaired_logps(model, reference, examples[s:s + batch_size], pad_id, device, autocast, share_prompt)
+             for s in range(0, len(examples), batch_size)]
+    model.train(was_training)
+    logps, ref_logps, kl_logps, kl_ref_logps = (torch.cat(t) for t in zip(*parts))
+    labels = torch.tensor([e["label"] for e in examples], device=logps.device)
+    _, metrics = kto_loss(logps, ref_logps, labels, kto_kl_estimate(kl_logps, kl_ref_logps), **options)
+    return {f"eval/{k}": v.item() for k, v in metrics.items()}
+
+
+def train_kto(config: KTOConfig) -> dict:
+    """Runs KTO end to end; returns the summary (also `<output_dir>/summary.json`)."""
+    started = time.time()
+    accelerator = make_accelerator(config)
+    model, tokenizer = load_policy(config)
+    train, held_out, report, eval_report = load_unpaired(config, tokenizer)
+    if accelerator.is_main_process:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(config, f"{config.output_dir}/config.yaml")
+
+    share_prompt = config.share_prompt and supports_shared_prompt(model)
+    references = build_reference(config, model, accelerator, {"train": train, "eval": held_out}, tokenizer.pad_token_id, share_prompt)
+    reference, eval_reference = references.get("train"), references.get("eval")
+    options = {"beta": config.beta or DEFAULT_BETA, "desirable_weight": config.desirable_weight, "undesirable_weight": config.undesirable_weight}
+    steps = total_optimizer_steps(len(train), config, accelerator.num_processes)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    lengths = [max(len(p) + len(c) for p, c in e["sequences"]) for e in train]
+    stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, lengths)
+    start_step = 0
+    if checkpoint := resolve_resume(config.resume, config.output_dir):
+        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
+        log.info(f"resumed from {checkpoint} at step {start_step}")
+    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
+    throughput, nan_guard, pad_id, device = Throughput(), NanGuard(config.max_nan_steps), tokenizer.pad_token_id, accelerator.device
+    trainable, total = count_parameters(model)
+    log.info(f"KTO (beta={options['beta']}): {len(train)} rows, {steps} steps, {trainable:,}/{total:,} trainable parameters, "
+             f"reference: {reference.name}")
+
+    def micro_loss(examples, num_items):
+        logps, ref_logps, kl_logps, kl_ref_logps = unpaired_logps(model, reference, examples, pad_id, device, accelerator.autocast, share_prompt)
+        z0 = global_sum(accelerator, kto_kl_estimate(kl_logps, kl_ref_logps)) / accelerator.num_processes  # mean over processes
+        labels = torch.tensor([e["label"] for e in examples], device=device)
+        return kto_loss(logps, ref_logps, labels, z0, num_items=num_items, **options)
+
+    def evaluate() -> dict:
+        if not held_out:
+            return {}
+        return evaluate_kto(accelerator.unwrap_model(model), eval_reference, held_out, pad_id, config.batch_size, device,
+                            accelerator.autocast, share_prompt, **options)
+
+    setup_seconds = time.time() - started
+    model.train()
+    history = []
+    progress = tqdm(range(start_step + 1, steps + 1), desc="kto", disable=not accelerator.is_local_main_process)
+    for step in progress:
+        throughput.start()
+        micro_batches = [[train[i] for i in rows] for rows in stream.next_step(config.grad_accum_steps)]
+        metrics = optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, micro_loss, config, step, nan_guard)
+        tokens_per_s = throughput.stop(sequence_tokens(accelerator, micro_batches, OWN))
+        metrics.pop("rows")
+        metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s,
+                        "step_seconds": throughput.last_seconds, "nan_skipped": nan_guard.skipped})
+        if config.eval_every and step % config.eval_every == 0 and step != steps:
+            metrics.update(evaluate())
+        if step % config.logging_every == 0 or step == steps:
+            logger.log(step, metrics)
+        history.append(metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl/batch']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        if config.save_every and step % config.save_every == 0 and step != steps:
+            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+
+    final_eval = evaluate()
+    if final_eval:
+        logger.log(steps, final_eval)
+    logger.close()
+    saved = save_model(accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)
+    summary = {
+        "stage": "kto", "loss_type": "kto", "beta": options["beta"], "reference": reference.name,
+        "model": str(saved), "steps": steps, "train_rows": len(train), "eval_rows": len(held_out),
+        "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None,
+        "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+        "final_train_metrics": history[-1] if history else {}, "nan_skipped": nan_guard.skipped, **final_eval,
+        "tokens_per_s": throughput.mean, "setup_seconds": setup_seconds, "seconds": time.time() - started,
+    }
+    if accelerator.is_main_process:
+        write_json(f"{config.output_dir}/summary.json", summary)
+        log.info(format_summary(summary))
+    return summary
+
+
+def kto(config: KTOConfig | dict | None = None, **overrides) -> dict:
+    """Python entry point: `alignkit.train.kto({"model": ..., "data": ..., "from_preference": True})` or keyword overrides."""
+    from alignkit.config import config_from_dict
+
+    values = {**asdict(config), **overrides} if isinstance(config, KTOConfig) else {**(config or {}), **overrides}
+    return train_kto(config_from_dict(KTOConfig, values, "kto config"))

@@ -1,0 +1,144 @@
+"""DPO, IPO and KTO from the demo SFT model on hhh-mini, judged by the gold rubric: one table.
+
+    .venv/bin/python benchmarks/direct_alignment_table.py                    # after `alignkit demo`
+    .venv/bin/python benchmarks/direct_alignment_table.py --methods dpo --steps 20
+
+Each method trains LoRA adapters on the SFT model (`runs/demo/sft/model`) on a seeded
+subset of `--train-rows` training rows (preference pairs for DPO/IPO, unpaired rows for
+KTO), with the reference precomputed once (the SFT model itself; DPO and IPO share the
+cache, and a rerun with other settings reuses it), then:
+
+- gold reward: mean `gold_reward` of greedy answers (max 48 new tokens) to the
+  hhh-mini test prompts;
+- implicit-reward accuracy: share of held-out test pairs where the trained model's
+  implicit reward log(pi/pi_ref) is higher for the chosen answer than for the rejected
+  (the SFT row has every margin 0, so no accuracy);
+- KL to reference: mean log pi(y_w|x) - log pi_ref(y_w|x) over the held-out chosen
+  answers, in nats per answer (the `kl/ref` metric the recipes log).
+
+Method settings live in METHODS below; `--steps`, `--lr` and `--beta` override them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alignkit.config import DPOConfig, config_from_dict  # noqa: E402
+from alignkit.data.tasks.hhh_mini import gold_rewards  # noqa: E402
+from alignkit.losses.preference import PairLogps, preference_loss  # noqa: E402
+from alignkit.models.generation import generate_answers  # noqa: E402
+from alignkit.models.load import load_causal_lm, load_tokenizer  # noqa: E402
+from alignkit.train import dpo, kto  # noqa: E402
+from alignkit.train.dpo import tokenize_pairs  # noqa: E402
+from alignkit.train.reference import compute_logps  # noqa: E402
+
+LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "batch_size": 8, "max_length": 256,
+        "warmup_ratio": 0.1, "lr_scheduler": "cosine", "reference": "precompute", "seed": 0, "report_to": ["jsonl"]}
+METHODS = {
+    "dpo": {"recipe": "dpo", "loss": "sigmoid", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
+    "ipo": {"recipe": "dpo", "loss": "ipo", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
+    "kto": {"recipe": "kto", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
+}
+
+
+def train_subset(data: Path, name: str, rows: int, out: Path) -> Path:
+    """The first `rows` rows of `name` in a seeded shuffle (the whole file when rows <= 0), as a file under `out`."""
+    lines = (data / name).read_text().splitlines()
+    if 0 < rows < len(lines):
+        lines = [lines[i] for i in sorted(random.Random(0).sample(range(len(lines)), rows))]
+    path = out / "data" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train(method: str, settings: dict, data: Path, sft: str, out: Path, rows: int) -> dict:
+    recipe = settings.pop("recipe")
+    files = {"dpo": ("preference_train.jsonl", "preference_test.jsonl"), "kto": ("kto_train.jsonl", "kto_test.jsonl")}[recipe]
+    config = {**LORA, **settings, "model": sft, "data": str(train_subset(data, files[0], rows, out)),
+              "eval_data": str(data / files[1]), "output_dir": str(out / method)}
+    return (dpo if recipe == "dpo" else kto)(config)
+
+
+def pair_metrics(model, reference_table, examples, tokenizer) -> dict:
+    """Implicit-reward accuracy and KL on chosen over held-out pairs, against the SFT reference table."""
+    policy = compute_logps(model, examples, tokenizer.pad_token_id, 16, lambda: torch.autocast("cpu", dtype=torch.bfloat16), "cpu",
+                           share_prompt=True, desc="held-out pairs")
+    lengths = torch.tensor([[float(len(c)) for _, c in e["sequences"]] for e in examples])
+    logps = PairLogps(policy[:, 0], policy[:, 1], reference_table[:, 0], reference_table[:, 1], lengths[:, 0], lengths[:, 1])
+    _, metrics = preference_loss("sigmoid", logps, beta=1.0)
+    return {"accuracy": metrics["rewards/accuracy"].item(), "kl": metrics["kl/ref"].item()}
+
+
+def gold(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[float, list[str]]:
+    torch.manual_seed(0)
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=25)
+    return statistics.mean(gold_rewards(prompts, answers)), answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sft", default="runs/demo/sft/model", help="the SFT model (made by `alignkit demo`)")
+    parser.add_argument("--data", default="runs/demo/data", help="hhh-mini folder (`alignkit data make hhh-mini --out DIR`)")
+    parser.add_argument("--out", default="runs/direct_alignment")
+    parser.add_argument("--methods", default="dpo,ipo,kto")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--beta", type=float)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--train-rows", type=int, default=800, help="training rows drawn from each train file (0: all)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("transformers", "accelerate", "peft", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = load_tokenizer(args.sft)
+    prompts = [json.loads(line)["prompt"] for line in (data / "prompts_test.jsonl").read_text().splitlines()]
+    pair_rows = [json.loads(line) for line in (data / "preference_test.jsonl").read_text().splitlines()]
+    config = config_from_dict(DPOConfig, {"model": args.sft, "data": "x"})
+    examples, _ = tokenize_pairs(pair_rows, tokenizer, config.max_length, config.truncation_side, config.truncation_mode)
+    sft_model = load_causal_lm(args.sft)
+    reference_table = compute_logps(sft_model, examples, tokenizer.pad_token_id, 16, lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+                                    "cpu", share_prompt=True, desc="reference pairs")
+    sft_gold, sft_answers = gold(sft_model, tokenizer, prompts, args.max_new_tokens)
+    rows = [{"method": "SFT (reference)", "gold": sft_gold, "accuracy": None, "kl": 0.0, "settings": "", "train_s": 0.0}]
+    del sft_model
+    answers = {"sft": sft_answers}
+
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        settings = dict(METHODS[method])
+        settings.update({k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr), ("beta", args.beta)) if v is not None})
+        described = f"beta={settings['beta']}, lr={settings['learning_rate']:g}, {settings['max_steps']} steps x {LORA['batch_size']}"
+        started = time.time()
+        summary = train(method, dict(settings), data, args.sft, out, args.train_rows)
+        model = load_causal_lm(summary["model"])
+        score, answers[method] = gold(model, tokenizer, prompts, args.max_new_tokens)
+        rows.append({"method": method.upper(), "gold": score, **pair_metrics(model, reference_table, examples, tokenizer),
+                     "settings": described, "train_s": summary["seconds"] - summary["setup_seconds"], "total_s": time.time() - started})
+        del model
+
+    (out / "answers.json").write_text(json.dumps({"prompts": prompts, "answers": answers}, indent=1))
+    (out / "table.json").write_text(json.dumps(rows, indent=1))
+    print(f"\nhhh-mini test split: {len(prompts)} prompts (greedy, max {args.max_new_tokens} new tokens), {len(examples)} held-out pairs")
+    print("| method | gold reward | implicit-reward accuracy | KL to ref (nats, held-out chosen) | settings | train s |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        accuracy = "n/a (all margins 0)" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        print(f"| {row['method']} | {row['gold']:.3f} | {accuracy} | {row['kl']:.2f} | {row['settings']} | {row['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
