@@ -22,7 +22,7 @@ STAGES = {
     "kto": ("alignkit.config:KTOConfig", "alignkit.train.kto:train_kto", "direct alignment on unpaired good/bad completions (KTO)"),
     "ppo": ("alignkit.config:PPOConfig", "alignkit.train.ppo:train_ppo", "online RL: PPO with a value model; REINFORCE, RLOO, GRPO via --advantage"),
     "grpo": ("alignkit.config:GRPOConfig", "alignkit.train.grpo:train_grpo", "online RL: GRPO (G samples per prompt, group baseline, KL in the loss)"),
-    "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo on the embedded model and hhh-mini"),
+    "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo pipeline (configs/demo.yaml) on the embedded model and hhh-mini: SFT, reward, GRPO, DPO, eval, report"),
     "reward": ("alignkit.config:RewardConfig", "alignkit.train.reward:train_reward", "Bradley-Terry reward model on preference pairs (--ensemble K for an ensemble)"),
 }
 # other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
@@ -31,6 +31,9 @@ COMMANDS = {
     "score": ("alignkit.score", "score (prompt, response) or preference rows with a reward model or ensemble"),
     "judge": ("alignkit.feedback.judge_cli", "AI feedback: a judge model compares responses under a constitution (both orders), or critiques and revises"),
     "annotate": ("alignkit.feedback.annotate.cli", "human pairwise annotation: web app, annotators, export to preference JSONL"),
+    "eval": ("alignkit.evaluate.eval_cli", "policy vs reference on held-out prompts: win rates (reward model, gold, judge) with CIs, KL, length, diversity"),
+    "report": ("alignkit.evaluate.report", "rebuild RUN_DIR/report.html: plots of reward, KL, length, monitors, win rates, sample answers"),
+    "pipeline": ("alignkit.pipeline", "SFT -> reward model -> PPO/GRPO and DPO -> eval -> report from one YAML, reusing finished stages"),
 }
 
 

@@ -10,3 +10,14 @@ import a recipe's internals with `from alignkit.train.sft import ...`.)
 from alignkit.train.sft import sft
 
 __all__ = ["sft"]
+from alignkit.train.dpo import dpo  # noqa: E402
+from alignkit.train.kto import kto  # noqa: E402
+
+__all__ += ["dpo", "kto"]
+from alignkit.train.ppo import ppo  # noqa: E402
+from alignkit.train.grpo import grpo  # noqa: E402
+
+__all__ += ["ppo", "grpo"]
+from alignkit.train.reward import reward  # noqa: E402
+
+__all__ += ["reward"]

@@ -1,0 +1,102 @@
+"""The pipeline end to end on the tiny model (every stage, eval with all three judges, the report), resuming
+finished stages, and config errors caught before any training; `alignkit eval` and `alignkit report` from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkit.config import PipelineConfig, config_from_dict
+from alignkit.errors import AlignkitError
+
+
+def _config(tmp_path, tiny_path, **overrides):
+    tiny = {"max_steps": 2, "batch_size": 4, "mixed_precision": "no"}
+    values = {
+        "workdir": str(tmp_path / "pipe"), "model": tiny_path, "n_train": 24, "n_test": 6, "n_val": 4, "policy": "grpo",
+        "sft": {**tiny, "lora_r": 4, "max_length": 128},
+        "reward": {**tiny, "normalization_pairs": 8, "max_length": 128},
+        "rl": {**tiny, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "max_prompt_length": 64, "max_length": 128,
+               "monitor": {"every": 1, "max_prompts": 3}},
+        "dpo": {**tiny, "eval_data": "", "eval_fraction": 0.0, "monitor": {"every": 2, "max_prompts": 3, "max_new_tokens": 6}},
+        "eval": {"max_new_tokens": 6, "judge": tiny_path, "batch_size": 8, "bootstrap": 200, "mixed_precision": "no"},
+        **overrides,
+    }
+    return config_from_dict(PipelineConfig, values)
+
+
+def test_pipeline_runs_every_stage_then_resumes(tmp_path, tiny_path, capsys):
+    from alignkit.pipeline import run_pipeline
+
+    config = _config(tmp_path, tiny_path)
+    record = run_pipeline(config)
+    work = tmp_path / "pipe"
+    assert [s["status"] for s in record["stages"].values()] == ["ran"] * 6
+    results = json.loads((work / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"sft", "grpo", "dpo"} and results["reference"] == "sft"
+    for name in ("grpo", "dpo"):
+        model = results["models"][name]
+        assert set(model["win_rate"]) == {"gold", "reward", "judge"}
+        for w in model["win_rate"].values():
+            assert 0 <= w["low"] <= w["rate"] <= w["high"] <= 1 and w["wins"] + w["ties"] + w["losses"] == 6
+        assert model["kl"] is not None and {"length_tokens", "distinct_2", "refusal_rate"} <= set(model)
+    assert results["models"]["sft"]["kl"] == 0.0
+    assert len(results["shift"]["buckets"]) == 3 and sum(b["n"] for b in results["shift"]["buckets"]) == results["shift"]["pairs"]
+    assert (work / "grpo" / "monitor.json").is_file() and (work / "dpo" / "monitor.json").is_file()
+    page = (work / "report.html").read_text()
+    assert "Win rate against sft" in page and "<svg" in page and "GRPO" in page
+    table = capsys.readouterr().out
+    assert "win vs sft (gold)" in table and "grpo" in table and "dpo" in table
+
+    again = run_pipeline(config)  # everything exists: nothing trains again
+    assert [s["status"] for name, s in again["stages"].items() if name != "report"] == ["reused"] * 5
+    assert again["table"] == record["table"]
+
+
+def test_a_wrong_stage_key_is_refused_before_anything_runs(tmp_path, tiny_path):
+    from alignkit.pipeline import run_pipeline
+
+    config = _config(tmp_path, tiny_path, dpo={"betta": 0.1})
+    with pytest.raises(AlignkitError, match="pipeline dpo: unknown key 'betta'; did you mean 'beta'"):
+        run_pipeline(config)
+    assert not (tmp_path / "pipe").exists()
+    with pytest.raises(AlignkitError, match="policy must be one of grpo, ppo"):
+        _config(tmp_path, tiny_path, policy="a2c")
+
+
+def test_demo_config_is_valid_and_names_every_stage():
+    from pathlib import Path
+
+    from alignkit.config import load_config
+    from alignkit.pipeline import stage_configs
+
+    config = load_config(PipelineConfig, Path(__file__).parents[1] / "configs" / "demo.yaml")
+    configs = stage_configs(config)
+    assert configs["policy"].monitor["every"] > 0 and configs["policy"].reward_model.endswith("reward")
+    assert configs["eval"].gold == "hhh-mini-gold" and configs["sft"].output_dir.endswith("sft")
+
+
+def test_eval_and_report_commands(tmp_path, tiny_path, write_jsonl, capsys):
+    from alignkit.cli import main
+
+    prompts = write_jsonl([{"prompt": f"What is {i} + {i}?"} for i in range(5)], "prompts.jsonl")
+    out = tmp_path / "eval"
+    code = main(["eval", "--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts,
+                 "--gold", f"{__name__}:length_gold", "--max-new-tokens", "4", "--out", str(out), "--mixed-precision", "no"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    # the same model against itself: identical greedy answers, so every comparison is a tie and KL is 0
+    assert results["models"]["mine"]["win_rate"]["gold"]["ties"] == 5
+    assert results["models"]["mine"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert "report:" in capsys.readouterr().out and (out / "report.html").is_file()
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--policy", tiny_path, "--reference", tiny_path, "--data", prompts]) == 2
+    assert "nothing to judge the answers with" in capsys.readouterr().err
+
+
+def length_gold(prompts, responses, **columns):
+    return [-len(r) for r in responses]
