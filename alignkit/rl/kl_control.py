@@ -7,6 +7,8 @@ Preferences", section 2.2: after each batch with observed KL (nats per response)
 
 where n is the number of responses in the batch, so beta moves slowly (horizon
 10,000 responses in the paper) and reaches target-tracking over many batches.
+
+Both controllers keep only beta as state (`state_dict` / `load_state_dict`, for checkpoints).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ class FixedKLController:
     def update(self, current_kl: float, num_responses: int) -> float:
         return self.value
 
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
 
 class AdaptiveKLController:
     """beta grows when the KL is above `target` and shrinks when below (Ziegler et al. 2019)."""
@@ -34,6 +42,12 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * num_responses / self.horizon
         return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
 
 
 KL_CONTROLLERS = {"fixed": FixedKLController, "adaptive": AdaptiveKLController}

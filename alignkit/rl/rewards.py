@@ -217,6 +217,12 @@ class RunningMoments:
     def std(self) -> float:
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
 
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
+
 
 @dataclass
 class RewardResult:
@@ -274,6 +280,13 @@ class Rewards:
             normalized = normalized.clamp(-self.clip, self.clip)
         normalized = torch.where(valid, normalized, torch.zeros_like(normalized))
         return RewardResult(raw=total, normalized=normalized, valid=valid, per_source=per_source)
+
+    def state_dict(self) -> dict:
+        """The running normalisation statistics (the sources themselves hold no state)."""
+        return {"moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.moments.load_state_dict(state["moments"])
 
 
 def build_rewards(specs: list[dict], normalize: bool = False, clip: float = 0.0, on_invalid: str = "skip") -> Rewards:

@@ -6,8 +6,9 @@ complete one. Nothing here is unpickled with arbitrary code: tensors go through
 `torch.load(weights_only=True)`, everything else is JSON, model weights are safetensors.
 
     model/                 the trained weights (a PEFT adapter folder under LoRA)
+    <name>.safetensors     the trainable parameters of each further module a recipe names (PPO's value model)
     optimizer.pt           optimizer.state_dict()   (tensors and numbers only)
-    rng.pt                 torch CPU (and CUDA) generator states, as tensors
+    rng.pt                 torch CPU (and CUDA) generator states, and the recipe's own torch.Generators
     trainer_state.json     step, scheduler, data stream, python/numpy RNG, recipe extras
 """
 
@@ -50,8 +51,8 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
     return path
 
 
-def _rng_state() -> tuple[dict, dict]:
-    tensors = {"torch": torch.get_rng_state()}
+def _rng_state(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state(), "generators": {name: g.get_state() for name, g in generators.items()}}
     if torch.cuda.is_available():
         tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -60,8 +61,10 @@ def _rng_state() -> tuple[dict, dict]:
     return tensors, plain
 
 
-def _set_rng_state(tensors: dict, plain: dict) -> None:
+def _set_rng_state(tensors: dict, plain: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(tensors["torch"])
+    for name, generator in generators.items():
+        generator.set_state(tensors["generators"][name])
     if "cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(tensors["cuda"]))
     version, state, gauss = plain["python"]
@@ -70,16 +73,30 @@ def _set_rng_state(tensors: dict, plain: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _trainable_state(module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in module.named_parameters() if p.requires_grad}
+
+
 def save_checkpoint(output_dir: str | Path, step: int, accelerator, model, optimizer, scheduler, stream,
-                    extra: dict | None = None, save_total_limit: int = 0) -> Path:
-    """Writes `checkpoint-<step>` atomically and prunes the oldest beyond `save_total_limit` (0 keeps all)."""
+                    extra: dict | None = None, save_total_limit: int = 0, modules: dict | None = None,
+                    generators: dict[str, torch.Generator] | None = None) -> Path:
+    """Writes `checkpoint-<step>` atomically and prunes the oldest beyond `save_total_limit` (0 keeps all).
+
+    `modules` ({name: module}) are trained alongside `model` (a value model): their trainable
+    parameters go to `<name>.safetensors`. `generators` ({name: torch.Generator}) are the
+    recipe's own random streams (e.g. minibatch shuffling); `extra` is JSON recipe state.
+    """
+    from safetensors.torch import save_file
+
     target = Path(output_dir) / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_directory(target) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+            for name, module in (modules or {}).items():
+                save_file(_trainable_state(accelerator.unwrap_model(module)), tmp / f"{name}.safetensors")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            tensors, plain = _rng_state()
+            tensors, plain = _rng_state(generators or {})
             torch.save(tensors, tmp / "rng.pt")
             state = {"step": step, "scheduler": scheduler.state_dict(), "stream": stream.state_dict(),
                      "rng": plain, "extra": extra or {}}
@@ -107,13 +124,29 @@ def _load_model_weights(model, folder: Path) -> None:
         raise AlignkitError(f"checkpoint {folder} does not match this model ({len(missing)} missing, {len(unexpected)} unexpected tensors); resume with the config that wrote it")
 
 
-def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, stream) -> dict:
+def _load_trainable_state(module, file: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise AlignkitError(f"checkpoint {file.parent} has no {file.name}; resume with the config that wrote it")
+    state = load_file(file)
+    expected = {name for name, p in module.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        raise AlignkitError(f"{file} does not match this model's trainable parameters ({len(expected - set(state))} missing, "
+                            f"{len(set(state) - expected)} unexpected); resume with the config that wrote it")
+    module.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, stream, modules: dict | None = None,
+                    generators: dict[str, torch.Generator] | None = None) -> dict:
     """Restores everything `save_checkpoint` wrote; returns the trainer state (step, extra)."""
     path = Path(path)
     state = json.loads((path / "trainer_state.json").read_text())
     _load_model_weights(accelerator.unwrap_model(model), path / "model")
+    for name, module in (modules or {}).items():
+        _load_trainable_state(accelerator.unwrap_model(module), path / f"{name}.safetensors")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(state["scheduler"])
     stream.load_state_dict(state["stream"])
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state["rng"])
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state["rng"], generators or {})
     return state

@@ -8,6 +8,15 @@ Each step of the loop is
     kl_coef = kl_controller.update(...)       # fixed or adaptive beta (rl/kl_control.py)
 
 `train/grpo.py` runs this same recipe with GRPO's defaults (GRPOConfig).
+
+Checkpoints (`save_every`, `save_total_limit`, `resume`) use train/checkpoint.py, as SFT
+and DPO do: `checkpoint-N/` holds the policy's trainable weights, the value model's
+(`value_model.safetensors`), the optimizer and scheduler, the torch / python / numpy RNGs
+(rollout sampling draws from torch's global one), the minibatch shuffling generator, the
+prompt stream's position, and as JSON the KL coefficient, the running reward statistics,
+the NaN-guard counters, the monitor's memory, the step-0 evaluation and the per-step values
+the summary averages. A resumed run on one CPU process repeats the uninterrupted run's
+metrics bit for bit. Not restored: a vLLM generator's sampling RNG (its weights are synced).
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ from alignkit.rl.rewards import FunctionReward, build_rewards
 from alignkit.rl.rollout import encode_prompts
 from alignkit.rl.update import policy_update
 from alignkit.rl.value_model import build_value_model
+from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from alignkit.train.loop import (
-    BatchStream, MetricsLogger, build_optimizer, build_scheduler, log, make_accelerator, save_model, write_json,
+    BatchStream, MetricsLogger, NanGuard, build_optimizer, build_scheduler, log, make_accelerator, save_model, write_json,
 )
 
 PROMPT_KINDS = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
@@ -116,6 +126,29 @@ def make_generator(config, tokenizer):
                          config.vllm_gpu_memory_utilization, seed=config.seed)
 
 
+# ---------------------------------------------------------------- checkpoint state beyond weights, optimizer and RNGs
+
+SUMMARY_KEYS = ("reward", "kl/ref", "kl/coef", "throughput/generation_tokens_per_s", "throughput/train_tokens_per_s")
+
+
+def online_state(kl_controller, rewards, monitor, nan_guard, first_eval: dict, history: list[dict]) -> dict:
+    """The recipe's own state for a checkpoint (JSON): everything `restore_online_state` needs."""
+    return {"kl_controller": kl_controller.state_dict(), "rewards": rewards.state_dict(), "monitor": monitor.state_dict(),
+            "nan_guard": {"consecutive": nan_guard.consecutive, "skipped": nan_guard.skipped}, "first_eval": first_eval,
+            "history": [{k: m[k] for k in SUMMARY_KEYS if k in m} for m in history]}
+
+
+def restore_online_state(state: dict, kl_controller, rewards, monitor, nan_guard) -> tuple[dict, list[dict]]:
+    """Puts `online_state` back; returns the step-0 evaluation and the summary's per-step history."""
+    if "kl_controller" not in state:
+        raise AlignkitError("resume: the checkpoint was not written by `alignkit ppo` or `alignkit grpo`; resume from one of this run's checkpoint-N folders")
+    kl_controller.load_state_dict(state["kl_controller"])
+    rewards.load_state_dict(state["rewards"])
+    monitor.load_state_dict(state["monitor"])
+    nan_guard.consecutive, nan_guard.skipped = state["nan_guard"]["consecutive"], state["nan_guard"]["skipped"]
+    return state["first_eval"], state["history"]
+
+
 # ---------------------------------------------------------------- the recipe
 
 def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
@@ -149,31 +182,43 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
     generator = make_generator(config, tokenizer)
     kl_controller = KL_CONTROLLERS[config.kl_control](config.kl_coef, config.kl_target, config.kl_horizon)
     stream = BatchStream(len(rows), config.prompts_per_step, config.seed)
-    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process)
-    shuffle = torch.Generator().manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)  # minibatch order
+    nan_guard = NanGuard(config.max_nan_steps)
     monitor = build_monitor(config, stage, tokenizer, accelerator, proxy=rewards, gold=gold)  # over-optimization / hacking
+    checkpointed = dict(modules={"value_model": value_model} if value_model is not None else {}, generators={"shuffle": shuffle})
+    start_step, first_eval, history = 0, None, []
+    if checkpoint := resolve_resume(config.resume, config.output_dir):
+        state = load_checkpoint(checkpoint, accelerator, policy, optimizer, scheduler, stream, **checkpointed)
+        start_step = state["step"]
+        first_eval, history = restore_online_state(state["extra"], kl_controller, rewards, monitor, nan_guard)
+        if generator is not None:
+            generator.sync_weights(policy)
+        log.info(f"resumed from {checkpoint} at step {start_step}")
+    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
     n_trainable, n_total = count_parameters(trainable)
     log.info(f"{stage.upper()}: {len(rows)} prompts, {steps} steps of {config.prompts_per_step} prompts x {config.group_size}, "
              f"advantage {config.advantage}, KL {config.kl_estimator} in the {config.kl_in}, {n_trainable:,}/{n_total:,} trainable parameters")
 
-    first_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config) if eval_rows else {}
-    if first_eval:
-        logger.log(0, first_eval)
-        log.info("before: " + ", ".join(f"{k} {v:.3f}" for k, v in first_eval.items()))
-    history, kl_coef = [], kl_controller.value
-    progress = tqdm(range(1, steps + 1), desc=stage, disable=not accelerator.is_local_main_process)
+    if first_eval is None:  # a resumed run has it from its checkpoint (and in metrics.jsonl)
+        first_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config) if eval_rows else {}
+        if first_eval:
+            logger.log(0, first_eval)
+            log.info("before: " + ", ".join(f"{k} {v:.3f}" for k, v in first_eval.items()))
+    kl_coef = kl_controller.value
+    progress = tqdm(range(start_step + 1, steps + 1), desc=stage, disable=not accelerator.is_local_main_process)
     for step in progress:
         step_started = time.perf_counter()
         indices = stream.next_step(1)[0]
         rollout, experience = make_experience(
             unwrap_for_generation(policy), tokenizer, [prompt_ids[i] for i in indices], [rows[i] for i in indices], config,
             rewards, kl_coef, reference, value_model, accelerator.autocast, generator)
-        metrics = {**policy_update(policy, value_model, optimizer, scheduler, accelerator, rollout, config, kl_coef, shuffle), **experience}
+        metrics = {**policy_update(policy, value_model, optimizer, scheduler, accelerator, rollout, config, kl_coef, shuffle,
+                                   nan_guard, step), **experience}
         if generator is not None:
             generator.sync_weights(policy)
         kl_coef = kl_controller.update(metrics.get("kl/ref", 0.0), rollout.num_responses)
         metrics.update({"epoch": stream.fractional_epoch, "time/step_s": time.perf_counter() - step_started,
-                        "time/generation_s": rollout.generation_seconds})
+                        "time/generation_s": rollout.generation_seconds, "nan_skipped": nan_guard.skipped})
         if eval_rows and config.eval_every and step % config.eval_every == 0 and step != steps:
             metrics.update(evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config))
         metrics.update(monitor.after_step(step, policy, rollout, [rows[i] for i in indices]))
@@ -181,8 +226,10 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
             logger.log(step, metrics)
         history.append(metrics)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl/ref', 0.0):.3f}")
-        if config.save_every and step % config.save_every == 0 and step != steps:  # adapters only: frozen weights stay as they are
-            save_model(accelerator, policy, tokenizer, f"{config.output_dir}/checkpoint-{step}", merge_lora=False)
+        if config.save_every and step % config.save_every == 0 and step != steps and not monitor.stop:
+            save_checkpoint(config.output_dir, step, accelerator, policy, optimizer, scheduler, stream,
+                            online_state(kl_controller, rewards, monitor, nan_guard, first_eval, history),
+                            config.save_total_limit, **checkpointed)
         if monitor.stop:
             break
 
@@ -198,6 +245,7 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
         state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(value_model).state_dict().items()}
         save_file(state, f"{config.output_dir}/value_model.safetensors")
     summary = summarize(stage, config, saved, steps, rows, report, history, first_eval, final_eval, time.time() - started)
+    summary["nan_skipped"] = nan_guard.skipped
     if accelerator.is_main_process:
         write_json(f"{config.output_dir}/summary.json", summary)
         log.info(format_summary(summary))
@@ -229,6 +277,8 @@ def format_summary(summary: dict) -> str:
              f"  generation {summary['generation_tokens_per_s']:.0f} tokens/s, training {summary['train_tokens_per_s']:.0f} tokens/s"]
     for key in summary["after"]:
         lines.append(f"  {key}: {summary['before'].get(key, float('nan')):.3f} -> {summary['after'][key]:.3f} (held-out, greedy)")
+    if summary.get("nan_skipped"):
+        lines.append(f"  {summary['nan_skipped']} optimizer steps skipped for NaN/inf loss or gradients")
     lines.append(f"  model saved to {summary['model']}")
     return "\n".join(lines)
 
