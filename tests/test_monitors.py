@@ -97,6 +97,30 @@ def test_text_metrics_by_hand():
     assert text_metrics(["one two", "three"])["length_words"] == 1.5
 
 
+def test_monitor_state_round_trips_through_json_and_drops_checks_after_the_checkpoint(tmp_path):
+    """What a checkpoint carries: a resumed monitor alarms, stops and warns as the uninterrupted one would."""
+    from alignkit.config import MonitorConfig
+    from alignkit.evaluate.monitors import NullMonitor, TrainingMonitor
+
+    def monitor():
+        return TrainingMonitor(MonitorConfig(every=0, patience=2), str(tmp_path), None, [], proxy=None, gold=None)
+
+    before = monitor()
+    _feed(before.detector, [(1, 0.0, 0.6, 0.0), (2, 0.5, 0.4, 1.0)])  # one alarmed check of the two patience needs
+    before.hacking.update(2, [1.0, 2.0, 3.0], [1, 2, 3], ["a b", "c d", "e f"])  # reward tracks length: a warning
+    before.after_step(2, object())  # nothing due at step 2 here; the monitor notes where it stands
+    state = json.loads(json.dumps(before.state_dict()))
+    (tmp_path / "monitor.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "monitor/pro')  # killed mid-line
+
+    after = monitor()
+    after.load_state_dict(state)
+    assert after.state_dict() == before.state_dict()
+    assert after.detector.alarmed_in_a_row == 1 and after.hacking.active == {"hacking/length_corr"} and after.hacking.warnings == 1
+    assert [json.loads(line)["step"] for line in (tmp_path / "monitor.jsonl").read_text().splitlines()] == [1, 2]
+    monitor().load_state_dict({})  # a checkpoint of a run without a monitor: nothing to restore
+    assert NullMonitor().state_dict() == {} and NullMonitor().load_state_dict(state) is None
+
+
 # ---------------------------------------------------------------- the monitor inside real runs on the tiny model
 
 def _prompts(write_jsonl):

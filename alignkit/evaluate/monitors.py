@@ -31,6 +31,10 @@ a warning is printed when a threshold is crossed.
 
 Without a `monitor:` section (or with `every: 0` and `hacking_every: 0`) `build_monitor`
 returns a monitor that does nothing.
+
+A checkpoint carries the monitor's memory: `monitor.state_dict()` (JSON) and, on resume,
+`monitor.load_state_dict(state)`, which also drops the monitor.jsonl lines a killed run
+wrote after the checkpoint, so the resumed run repeats the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,6 +107,13 @@ class OverOptimizationDetector:
     @property
     def should_stop(self) -> bool:
         return self.alarmed_in_a_row >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"checks": [asdict(c) for c in self.checks], "alarmed_in_a_row": self.alarmed_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checks = [Check(**c) for c in state["checks"]]
+        self.alarmed_in_a_row = state["alarmed_in_a_row"]
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -172,6 +183,13 @@ class HackingAlarms:
         metrics["hacking/warnings"] = self.warnings
         return metrics
 
+    def state_dict(self) -> dict:
+        return {"history": [list(h) for h in self.history], "active": sorted(self.active), "warnings": self.warnings}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(h) for h in state["history"]]
+        self.active, self.warnings = set(state["active"]), state["warnings"]
+
 
 def truncation_gain(score: Score, prompts: list, answers: list[str], columns: dict, fraction: float, samples: int) -> float:
     """Mean proxy(full) - proxy(first `fraction` of words) over up to `samples` answers, in units of their reward std."""
@@ -196,6 +214,12 @@ class NullMonitor:
     def summary(self) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: a run resumed without a monitor ignores a checkpointed monitor's memory."""
+
 
 class TrainingMonitor:
     """Held-out checks every `config.every` steps and hacking alarms every `config.hacking_every` steps."""
@@ -214,6 +238,7 @@ class TrainingMonitor:
         self.best_step: int | None = None
         self.reference_answers: list[str] | None = None
         self.online = False  # set once training batches arrive: then the hacking alarms watch those
+        self.step = 0  # the last step seen, so that a checkpoint's state knows where it stands
 
     # -- held-out check
     def _sample(self, model, prompts: list) -> list[str]:
@@ -304,6 +329,7 @@ class TrainingMonitor:
         """What the recipe calls once per optimizer step; returns metrics to log (empty on most steps)."""
         while hasattr(model, "module"):
             model = model.module
+        self.step = step
         metrics = {}
         if rollout is not None and self.proxy is not None and self.config.hacking_every and step % self.config.hacking_every == 0:
             metrics.update(self.batch_alarms(step, rollout, prompt_rows))
@@ -319,6 +345,32 @@ class TrainingMonitor:
             handle.write(json.dumps({"step": step, **metrics, "alarms": alarms, "examples": examples}) + "\n")
         write_json(self.output_dir / "monitor.json", self.summary())
 
+    def state_dict(self) -> dict:
+        """The monitor's memory for a checkpoint (JSON): held-out checks, alarm streak, hacking history."""
+        return {"step": self.step, "detector": self.detector.state_dict(), "hacking": self.hacking.state_dict(),
+                "alarms": self.alarms, "best_step": self.best_step, "reference_answers": self.reference_answers,
+                "online": self.online}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Puts `state_dict()` back and drops the monitor.jsonl lines a killed run wrote after the checkpoint's step.
+
+        An empty state (the checkpointed run had no monitor) leaves this one fresh.
+        """
+        if not state:
+            return
+        from alignkit.train.loop import write_json
+
+        self.step = state["step"]
+        self.detector.load_state_dict(state["detector"])
+        self.hacking.load_state_dict(state["hacking"])
+        self.alarms, self.best_step = state["alarms"], state["best_step"]
+        self.reference_answers, self.online = state["reference_answers"], state["online"]
+        checks = self.output_dir / "monitor.jsonl"
+        if checks.is_file():
+            kept = [line for line in checks.read_text().splitlines() if _logged_step(line) <= self.step]
+            checks.write_text("".join(line + "\n" for line in kept))
+            write_json(self.output_dir / "monitor.json", self.summary())
+
     def summary(self) -> dict:
         best = self.detector.best
         return {"checks": len(self.detector.checks), "alarms": self.alarms, "stopped": self.stop,
@@ -326,6 +378,14 @@ class TrainingMonitor:
                 "best_step": self.best_step, "best_target": best.target if best else None,
                 "best_dir": str(self.output_dir / "best") if self.best_step is not None else None,
                 "hacking_warnings": self.hacking.warnings}
+
+
+def _logged_step(line: str) -> float:
+    """The step of a monitor.jsonl line; infinity for a line cut short by a kill, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 # ---------------------------------------------------------------- building it from a recipe's config

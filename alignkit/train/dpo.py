@@ -92,7 +92,8 @@ def pair_logps(model, reference, examples: list[dict], pad_id: int, device, auto
 
 
 def loss_options(config) -> dict:
-    return {"beta": beta_of(config), "label_smoothing": config.label_smoothing, "gamma_beta_ratio": config.gamma_beta_ratio}
+    return {"beta": beta_of(config), "label_smoothing": config.label_smoothing, "gamma_beta_ratio": config.gamma_beta_ratio,
+            "rpo_alpha": config.rpo_alpha}
 
 
 def beta_of(config) -> float:
@@ -171,13 +172,15 @@ def train_dpo(config: DPOConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     lengths = [max(len(p) + len(c) for p, c in e["sequences"]) for e in train]
     stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, lengths)
+    monitor = build_monitor(config, "dpo", tokenizer, accelerator)  # over-optimization / hacking
     start_step = 0
     if checkpoint := resolve_resume(config.resume, config.output_dir):
-        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
+        state = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)
+        start_step = state["step"]
+        monitor.load_state_dict(state["extra"].get("monitor", {}))  # its checks, alarm streak and hacking history
         log.info(f"resumed from {checkpoint} at step {start_step}")
     logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
     throughput, nan_guard = Throughput(), NanGuard(config.max_nan_steps)
-    monitor = build_monitor(config, "dpo", tokenizer, accelerator)  # over-optimization / hacking
     trainable, total = count_parameters(model)
     strategy = reference.name if reference is not None else "none (reference-free loss)"
     log.info(f"DPO ({config.loss}, beta={options['beta']}): {len(train)} pairs, {steps} steps, "
@@ -213,7 +216,8 @@ def train_dpo(config: DPOConfig) -> dict:
         history.append(metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margin']:.3f}", tok_s=f"{tokens_per_s:.0f}")
         if config.save_every and step % config.save_every == 0 and step != steps:
-            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream,
+                            extra={"monitor": monitor.state_dict()}, save_total_limit=config.save_total_limit)
         if monitor.stop:
             break
 

@@ -142,6 +142,14 @@ def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- logging
 
+def _step_of(line: str) -> float:
+    """A metrics.jsonl line's step; a line cut short by a kill counts as after every checkpoint (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 class MetricsLogger:
     """One JSON object per logged step in `<output_dir>/metrics.jsonl`, plus TensorBoard scalars."""
 
@@ -153,7 +161,7 @@ class MetricsLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             kept = []
             if resume_step and self.path.is_file():  # a resumed run keeps the history up to its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+                kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
             if "tensorboard" in report_to:
                 from torch.utils.tensorboard import SummaryWriter
