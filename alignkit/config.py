@@ -280,6 +280,7 @@ class DPOConfig(DirectAlignmentArgs):
     loss: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
     label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
     gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
+    rpo_alpha: float = option(0.0, "Add rpo_alpha x the chosen answer's mean token NLL to any loss (RPO; the paper uses 1.0): keeps chosen answers likely.")
     monitor: dict = option({}, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
 
     def validate(self) -> None:
@@ -287,6 +288,8 @@ class DPOConfig(DirectAlignmentArgs):
         choose(self, "loss", ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"))
         if not 0 <= self.label_smoothing < 0.5:
             raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.rpo_alpha < 0:
+            raise AlignkitError(f"rpo_alpha must be 0 (off) or positive, got {self.rpo_alpha}")
 
 
 @dataclass

@@ -54,6 +54,8 @@ CASES = [
     ("simpo", A, 1.0, {"gamma_beta_ratio": 0.0}, softplus(-1.0)),
     ("orpo", A, 0.1, {}, orpo_by_hand(-2.0, -3.0, 0.1)),
     ("orpo", B, 0.2, {}, orpo_by_hand(-2.0, -2.5, 0.2)),
+    ("sigmoid", A, 0.1, {"rpo_alpha": 1.0}, softplus(-0.2) + 2.0),  # RPO: + alpha * chosen mean token NLL (-(-10)/5)
+    ("ipo", B, 0.5, {"rpo_alpha": 0.5}, (-2 / 10 - 1 / 6 - 1) ** 2 + 0.5 * 2.0),  # -(-20)/10 = 2
 ]
 
 

@@ -167,7 +167,8 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
 }
 
 
-def preference_loss(loss_type: str, logps: PairLogps, beta: float, num_items: torch.Tensor | float | None = None, **options):
+def preference_loss(loss_type: str, logps: PairLogps, beta: float, num_items: torch.Tensor | float | None = None,
+                    rpo_alpha: float = 0.0, **options):
     """The `loss_type` loss averaged over pairs, and the metrics every preference recipe logs.
 
     Args:
@@ -176,15 +177,21 @@ def preference_loss(loss_type: str, logps: PairLogps, beta: float, num_items: to
         beta: the loss's temperature / regularisation strength (> 0).
         num_items: the pair count to divide the summed loss by (the whole accumulated
             batch under gradient accumulation); defaults to B.
+        rpo_alpha: weight of an added NLL term on the chosen completion, each pair's mean token
+            NLL -log pi(y_w|x) / |y_w| (RPO, Pang et al. 2024, arXiv:2404.19733; TRL's `rpo_alpha`).
+            It keeps the chosen answers likely while the margin grows; 0 leaves the loss as is.
         options: label_smoothing, gamma_beta_ratio; those the loss does not take are ignored.
 
     Returns:
         loss (scalar), metrics: loss, rewards/chosen, rewards/rejected, rewards/margin,
         rewards/accuracy, logps/chosen, logps/rejected and, with a reference,
         kl/ref (mean log pi(y_w) - log pi_ref(y_w) over chosen completions, in nats).
+        `loss` includes the RPO term when rpo_alpha > 0.
     """
     spec = PREFERENCE_LOSSES[loss_type]
     losses, chosen_rewards, rejected_rewards = spec.fn(logps, beta, **{k: options[k] for k in spec.options if k in options})
+    if rpo_alpha:
+        losses = losses - rpo_alpha * logps.chosen_average  # (B,)
     count = losses.shape[0] if num_items is None else num_items
     loss = losses.sum() / count
     metrics = {
