@@ -36,10 +36,10 @@ browser:
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+# every stage against TRL 1.16 and a bare PyTorch loop; rewrites BENCHMARKS.md's generated section
 bench: setup
 	$(PIP) install --quiet -c constraints.txt '.[bench]'
-	$(PY) benchmarks/sft.py
-	$(PY) benchmarks/reward.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
