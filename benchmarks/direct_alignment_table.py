@@ -49,6 +49,9 @@ METHODS = {
     "dpo": {"recipe": "dpo", "loss": "sigmoid", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
     "ipo": {"recipe": "dpo", "loss": "ipo", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
     "kto": {"recipe": "kto", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100},
+    # with the NLL of the chosen answer added (RPO): keeps chosen answers (and their EOS) likely as the margin grows
+    "dpo_rpo": {"recipe": "dpo", "loss": "sigmoid", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100, "rpo_alpha": 1.0},
+    "ipo_rpo": {"recipe": "dpo", "loss": "ipo", "beta": 0.1, "learning_rate": 1e-4, "max_steps": 100, "rpo_alpha": 1.0},
 }
 
 
@@ -64,11 +67,33 @@ def train_subset(data: Path, name: str, rows: int, out: Path) -> Path:
 
 
 def train(method: str, settings: dict, data: Path, sft: str, out: Path, rows: int) -> dict:
+    """Trains one method, or reuses `<out>/<method>` when a finished run with the same settings is there."""
+    finished = out / method / "summary.json"
+    if finished.is_file():
+        import yaml
+
+        ran = yaml.safe_load((out / method / "config.yaml").read_text())
+        if all(ran.get(k) == v for k, v in settings.items() if k != "recipe") and ran.get("model") == sft:
+            logging.getLogger("alignkit").info(f"{method}: reusing the finished run in {out / method}")
+            return json.loads(finished.read_text())
     recipe = settings.pop("recipe")
     files = {"dpo": ("preference_train.jsonl", "preference_test.jsonl"), "kto": ("kto_train.jsonl", "kto_test.jsonl")}[recipe]
     config = {**LORA, **settings, "model": sft, "data": str(train_subset(data, files[0], rows, out)),
               "eval_data": str(data / files[1]), "output_dir": str(out / method)}
     return (dpo if recipe == "dpo" else kto)(config)
+
+
+def cached_row(path: Path, model: str, compute) -> dict:
+    """A table row (gold, accuracy, KL, answers) saved beside the model it measures, reused while that model is unchanged."""
+    stamp = Path(model) / "model.safetensors"
+    stamp = stamp.stat().st_mtime if stamp.is_file() else None
+    if path.is_file():
+        row = json.loads(path.read_text())
+        if row.pop("model_mtime", None) == stamp:
+            return row
+    row = compute()
+    path.write_text(json.dumps({**row, "model_mtime": stamp}))
+    return row
 
 
 def pair_metrics(model, reference_table, examples, tokenizer) -> dict:
@@ -97,6 +122,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--beta", type=float)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--kto-steps", type=int, help="KTO's steps, when it should differ from --steps")
     parser.add_argument("--train-rows", type=int, default=800, help="training rows drawn from each train file (0: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -110,26 +136,41 @@ def main() -> None:
     pair_rows = [json.loads(line) for line in (data / "preference_test.jsonl").read_text().splitlines()]
     config = config_from_dict(DPOConfig, {"model": args.sft, "data": "x"})
     examples, _ = tokenize_pairs(pair_rows, tokenizer, config.max_length, config.truncation_side, config.truncation_mode)
-    sft_model = load_causal_lm(args.sft)
-    reference_table = compute_logps(sft_model, examples, tokenizer.pad_token_id, 16, lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-                                    "cpu", share_prompt=True, desc="reference pairs")
-    sft_gold, sft_answers = gold(sft_model, tokenizer, prompts, args.max_new_tokens)
-    rows = [{"method": "SFT (reference)", "gold": sft_gold, "accuracy": None, "kl": 0.0, "settings": "", "train_s": 0.0}]
-    del sft_model
-    answers = {"sft": sft_answers}
+    reference = {}  # the SFT model's pair log-probs, computed when a method's row is not cached
+
+    def reference_table():
+        if "table" not in reference:
+            sft_model = load_causal_lm(args.sft)
+            reference["table"] = compute_logps(sft_model, examples, tokenizer.pad_token_id, 16,
+                                               lambda: torch.autocast("cpu", dtype=torch.bfloat16), "cpu", share_prompt=True, desc="reference pairs")
+        return reference["table"]
+
+    def sft_row() -> dict:
+        score, sft_answers = gold(load_causal_lm(args.sft), tokenizer, prompts, args.max_new_tokens)
+        return {"method": "SFT (reference)", "gold": score, "accuracy": None, "kl": 0.0, "settings": "", "train_s": 0.0, "answers": sft_answers}
+
+    rows = [cached_row(out / "sft_row.json", args.sft, sft_row)]
 
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         settings = dict(METHODS[method])
+        if method == "kto" and args.kto_steps:
+            settings["max_steps"] = args.kto_steps
         settings.update({k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr), ("beta", args.beta)) if v is not None})
         described = f"beta={settings['beta']}, lr={settings['learning_rate']:g}, {settings['max_steps']} steps x {LORA['batch_size']}"
+        described += f", rpo_alpha={settings['rpo_alpha']}" if settings.get("rpo_alpha") else ""
         started = time.time()
         summary = train(method, dict(settings), data, args.sft, out, args.train_rows)
-        model = load_causal_lm(summary["model"])
-        score, answers[method] = gold(model, tokenizer, prompts, args.max_new_tokens)
-        rows.append({"method": method.upper(), "gold": score, **pair_metrics(model, reference_table, examples, tokenizer),
-                     "settings": described, "train_s": summary["seconds"] - summary["setup_seconds"], "total_s": time.time() - started})
-        del model
 
+        def method_row():
+            model = load_causal_lm(summary["model"])
+            score, method_answers = gold(model, tokenizer, prompts, args.max_new_tokens)
+            return {"method": method.upper(), "gold": score, **pair_metrics(model, reference_table(), examples, tokenizer),
+                    "settings": described, "train_s": summary["seconds"] - summary["setup_seconds"], "total_s": time.time() - started,
+                    "answers": method_answers}
+
+        rows.append(cached_row(out / method / "table_row.json", summary["model"], method_row))
+
+    answers = {row["method"].split(" ")[0].lower(): row.pop("answers") for row in rows}
     (out / "answers.json").write_text(json.dumps({"prompts": prompts, "answers": answers}, indent=1))
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     print(f"\nhhh-mini test split: {len(prompts)} prompts (greedy, max {args.max_new_tokens} new tokens), {len(examples)} held-out pairs")

@@ -1,8 +1,9 @@
-"""DPO step throughput and peak memory: alignkit's recipe against TRL 1.16 `DPOTrainer`, in one run.
+"""DPO step throughput and peak memory: alignkit's recipe against TRL 1.16 `DPOTrainer` and a bare PyTorch loop, in one run.
 
     .venv/bin/python benchmarks/dpo.py                           # embedded SmolLM2-135M, 8 pairs x 256, bf16
     .venv/bin/python benchmarks/dpo.py --model tiny-llama --steps 3   # a quick smoke run
-    .venv/bin/python benchmarks/dpo.py --sides alignkit,trl,trl-precompute,alignkit-copy
+    .venv/bin/python benchmarks/dpo.py --sides alignkit,trl,trl-precompute,alignkit-copy,bare
+    .venv/bin/python benchmarks/dpo.py --rounds 3 --json runs/bench/dpo.json
 
 Identical settings on every side: the same model (every weight trained, float32
 weights under bf16 autocast), the same hhh-mini preference pairs (one epoch of
@@ -16,17 +17,21 @@ the median over the steps after `--warmup`, and pairs/s divides the batch by it.
 - alignkit:        `alignkit.train.dpo` with `reference: precompute` (the cache is emptied first,
                    so the one-off pass is paid and reported as setup time).
 - alignkit-copy:   `alignkit.train.dpo` with a frozen copy, like TRL's default.
+- bare:            a hand-written loop doing TRL's default work: chosen and rejected as one
+                   right-padded batch of 2B rows (pairs in file order, alignkit's token ids),
+                   full-vocabulary logits, log-probs summed over completion tokens, the frozen
+                   reference copy run every step under no_grad, sigmoid loss, AdamW.
 
-Prints a markdown table and the throughput ratio of alignkit to TRL's default.
+`--rounds` repeats every side, alternating (summarised as in `harness.py`). Prints a
+markdown table and the throughput ratios of alignkit to TRL's default and to the bare
+loop; `--json PATH` writes the numbers `run_all.py` collects.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIDES = ("alignkit", "trl", "trl-precompute", "alignkit-copy")
+from benchmarks import harness  # noqa: E402
+
+SIDES = ("alignkit", "trl", "trl-precompute", "alignkit-copy", "bare")
 
 
 def write_pairs(path: Path, count: int) -> None:
@@ -43,10 +50,6 @@ def write_pairs(path: Path, count: int) -> None:
 
     rows = preference_rows(generate(seed=0, n_train=max(50, count // 2 + 1), n_test=1)["train"])[:count]
     path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_alignkit(args, data: Path, out: Path, reference: str) -> dict:
@@ -63,22 +66,70 @@ def run_alignkit(args, data: Path, out: Path, reference: str) -> dict:
     return {"step_seconds": times[args.warmup:], "setup_seconds": summary["setup_seconds"]}
 
 
+def tokenized_pairs(path: str, data: Path, max_length: int) -> tuple[list[dict], int]:
+    """alignkit's pair examples (prompt ids, chosen ids, rejected ids; fitted to max_length) and the pad id."""
+    from alignkit.models.load import load_tokenizer
+    from alignkit.train.dpo import tokenize_pairs
+
+    tokenizer = load_tokenizer(path)
+    examples, _ = tokenize_pairs([json.loads(line) for line in data.read_text().splitlines()], tokenizer, max_length)
+    return examples, tokenizer.pad_token_id
+
+
+def summed_logps(model, batch: dict):
+    """(2B,) log-probs of each row's completion tokens, from full-vocabulary logits."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (2B, T-1, V)
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)  # (2B, T-1)
+    return (logps * batch["loss_mask"][:, 1:]).sum(-1)
+
+
+def run_bare(args, data: Path) -> dict:
+    """The hand-written loop: policy forward with grad, frozen reference under no_grad, sigmoid loss, AdamW."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from alignkit.data.collate import collate_prompt_completions
+    from alignkit.models.load import load_causal_lm, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    started = time.perf_counter()
+    examples, pad_id = tokenized_pairs(path, data, args.max_length)
+    policy = load_causal_lm(path)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    policy.train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
+    setup = time.perf_counter() - started
+    times = []
+    for start in range(0, len(examples), args.batch_size):
+        rows = examples[start:start + args.batch_size]
+        began = time.perf_counter()
+        prompts = [e["sequences"][0][0] for e in rows] + [e["sequences"][1][0] for e in rows]
+        completions = [e["sequences"][0][1] for e in rows] + [e["sequences"][1][1] for e in rows]
+        batch = collate_prompt_completions(prompts, completions, pad_id)  # (2B, T): chosen rows, then rejected
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps = summed_logps(policy, batch)  # (2B,)
+            with torch.no_grad():
+                ref_logps = summed_logps(reference, batch)  # (2B,)
+        chosen, rejected = (logps - ref_logps).chunk(2)
+        loss = -F.logsigmoid(0.1 * (chosen - rejected)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    return {"step_seconds": times[args.warmup:], "setup_seconds": setup}
+
+
 def run_trl(args, data: Path, out: Path, precompute: bool) -> dict:
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     from alignkit.models.load import load_tokenizer, resolve_model_path
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self._start = [], None
-
-        def on_step_begin(self, *_, **__):
-            self._start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            self.times.append(time.perf_counter() - self._start)
 
     path = resolve_model_path(args.model)
     started = time.perf_counter()
@@ -90,7 +141,7 @@ def run_trl(args, data: Path, out: Path, precompute: bool) -> dict:
                        precompute_ref_log_probs=precompute)
     trainer = DPOTrainer(model=model, args=config, train_dataset=load_dataset("json", data_files=str(data), split="train"),
                          processing_class=load_tokenizer(path))
-    timer = StepTimer()
+    timer = harness.step_timer()
     trainer.add_callback(timer)
     setup = time.perf_counter() - started
     trainer.train()
@@ -108,10 +159,12 @@ def child(args) -> None:
         "alignkit-copy": lambda: run_alignkit(args, Path(args.data), out, "copy"),
         "trl": lambda: run_trl(args, Path(args.data), out, precompute=False),
         "trl-precompute": lambda: run_trl(args, Path(args.data), out, precompute=True),
+        "bare": lambda: run_bare(args, Path(args.data)),
     }
     result = runners[args.side]()
-    result.update(side=args.side, peak_mib=peak_mib())
-    print("RESULT " + json.dumps(result), flush=True)
+    if len(result["step_seconds"]) != args.steps:
+        raise SystemExit(f"{args.side} measured {len(result['step_seconds'])} steps, not {args.steps}")
+    harness.emit(result | {"side": args.side})
 
 
 def main() -> None:
@@ -122,7 +175,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="measured steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--sides", default="alignkit,trl", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating")
+    parser.add_argument("--sides", default="alignkit,trl,bare", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -134,33 +189,47 @@ def main() -> None:
     unknown = set(sides) - set(SIDES)
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
-    results = {}
+    from alignkit.models.load import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    runs = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         write_pairs(data, args.batch_size * (args.warmup + args.steps))
-        for side in sides:
-            command = [sys.executable, __file__, "--side", side, "--data", str(data), "--out", str(Path(tmp) / side),
-                       "--model", args.model, "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)]
-            print(f"running {side} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if done.returncode != 0 or line is None:
-                sys.stderr.write(done.stderr[-4000:])
-                raise SystemExit(f"{side} failed (exit {done.returncode})")
-            results[side] = json.loads(line[len("RESULT "):])
+        examples, _ = tokenized_pairs(path, data, args.max_length)
+        for round_ in range(args.rounds):
+            for side in sides:
+                runs[side].append(harness.run_child(__file__, side, [
+                    "--data", str(data), "--out", f"{tmp}/{round_}/{side}", "--model", args.model,
+                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--steps", str(args.steps),
+                    "--warmup", str(args.warmup), "--lr", str(args.lr)]))
+
+    tokens_per_step = args.batch_size * statistics.fmean(sum(len(p) + len(c) for p, c in e["sequences"]) for e in examples)
+    params = harness.matmul_parameters(path)
+    results = {}
+    for side, r in runs.items():
+        results[side] = harness.summarize(r, args.batch_size, 6 * params * tokens_per_step)
+        results[side]["setup_seconds"] = statistics.median(x["setup_seconds"] for x in r)
+    harness.write_json(args.json, {
+        "stage": "dpo", "command": harness.command_line(), "model": args.model, "unit": "pairs/s",
+        "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, bf16 autocast, sigmoid loss "
+                    f"beta 0.1, AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
+        "params": params, "tokens_per_step": tokens_per_step,
+        "flops": "6·N·T per step for the policy (N matmul weights with the LM head, T real tokens of the 2B prompt+completion "
+                 "sequences); the reference forward (2·N·T on the sides that run it every step) is not counted",
+        "sides": results})
 
     print(f"\nmodel={args.model}, {args.batch_size} pairs/step, max_length {args.max_length}, bf16 autocast, full fine-tuning, "
-          f"sigmoid loss; median of {args.steps} steps after {args.warmup} warmup")
-    print("| side | s/step | pairs/s | setup s (load + reference pass) | peak RSS MiB |")
+          f"sigmoid loss; {args.steps} measured steps after {args.warmup} warm-up, x{args.rounds} runs")
+    print("| side | s/step (median of runs) | pairs/s | setup s (load + reference pass) | peak RSS MiB |")
     print("|---|---|---|---|---|")
     for side, r in results.items():
-        median = statistics.median(r["step_seconds"])
-        print(f"| {side} | {median:.2f} | {args.batch_size / median:.2f} | {r['setup_seconds']:.0f} | {r['peak_mib']:.0f} |")
-    if "alignkit" in results and "trl" in results:
-        ours, theirs = (statistics.median(results[s]["step_seconds"]) for s in ("alignkit", "trl"))
-        memory = results["alignkit"]["peak_mib"] / results["trl"]["peak_mib"]
-        print(f"\nalignkit / TRL DPOTrainer throughput: {theirs / ours:.2f}x; peak memory {memory:.2f}x of TRL's")
+        print(f"| {side} | {r['seconds_per_step']:.2f} | {r['throughput']:.2f} | {r['setup_seconds']:.0f} | {r['peak_mib']:.0f} |")
+    for other, name in (("trl", "TRL DPOTrainer"), ("bare", "bare loop")):
+        if "alignkit" in results and other in results:
+            ours, theirs = results["alignkit"], results[other]
+            print(f"alignkit / {name} throughput: {ours['throughput'] / theirs['throughput']:.2f}x; "
+                  f"peak memory {ours['peak_mib'] / theirs['peak_mib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""GRPO step time against TRL 1.16 `GRPOTrainer`, and rollout generation against a bare `model.generate`, in one run.
+"""GRPO step time against TRL 1.16 `GRPOTrainer` and a bare PyTorch loop, and rollout generation against a bare `model.generate`, in one run.
 
     .venv/bin/python benchmarks/grpo.py                                  # embedded SmolLM2-135M, 8 prompts x G=4, 32 new tokens, bf16, LoRA r=16
     .venv/bin/python benchmarks/grpo.py --model tiny-llama --steps 2     # a quick smoke run
+    .venv/bin/python benchmarks/grpo.py --gen-rounds 0 --rounds 3 --json runs/bench/grpo.json   # steps only, as run_all.py runs it
 
 1. Generation: the same left-padded batch (P prompts x G) sampled by
    `alignkit.rl.rollout.generate` and by a bare `model.generate` with the same
@@ -13,9 +14,19 @@
    the loss), token-mean ("dapo") loss, group-std scaled advantages, one optimizer step
    per rollout, AdamW at a constant learning rate, gradient clipping 1.0, the hhh-mini
    gold judge as reward. A step is everything: sampling, reward, reference and
-   policy forward, backward, optimizer. Median over the steps after `--warmup`.
+   policy forward, backward, optimizer. Mean over the steps after `--warmup` per
+   run, median over `--rounds` runs (as in `harness.py`). Sides:
 
-Prints a markdown table and the two ratios (goal: step >= 2x TRL, generation >= 0.95x bare).
+   - alignkit:  `alignkit.train.grpo` as shipped.
+   - trl:       `GRPOTrainer` with the same settings.
+   - bare:      a hand-written loop: `model.generate` on the left-padded P x G batch (peft LoRA
+                model, bf16 autocast), the gold judge on the decoded responses, group-normalised
+                advantages (r - mean) / (std + 1e-4), then a reference forward (adapters disabled,
+                no_grad) and one policy forward + backward on the response positions
+                (`logits_to_keep`), loss = token mean of -A * ratio + beta * k3, AdamW.
+
+Prints a markdown table and the ratios (goal: step >= 2x TRL, generation >= 0.95x bare);
+`--json PATH` writes the numbers `run_all.py` collects; `--gen-rounds 0` skips part 1.
 """
 
 from __future__ import annotations
@@ -23,13 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
+
+SIDES = ("alignkit", "trl", "bare")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -114,24 +128,77 @@ def run_alignkit(args, out: Path) -> dict:
             "reward": [m["reward"] for m in steps], "final_reward": summary["final_reward"]}
 
 
+def run_bare(args) -> dict:
+    """The hand-written GRPO loop: generate, score, group-normalise, reference forward, policy forward + backward."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from alignkit.data.collate import pad_sequences
+    from alignkit.data.tasks.hhh_mini import gold_rewards
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.rl.rollout import encode_prompts
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(args.model)
+    model = get_peft_model(load_causal_lm(args.model), LoraConfig(
+        r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0)
+    prompts = hhh_prompts(args.prompts * (args.warmup + args.steps))
+    prompt_ids, _, _ = encode_prompts(tokenizer, prompts, 256)
+    pad, eos, beta, group = tokenizer.pad_token_id, tokenizer.eos_token_id, 0.04, args.group
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    times, lengths, rewards = [], [], []
+    for step in range(args.warmup + args.steps):
+        began = time.perf_counter()
+        chunk = slice(step * args.prompts, (step + 1) * args.prompts)
+        repeated = [ids for ids in prompt_ids[chunk] for _ in range(group)]
+        input_ids = pad_sequences(repeated, pad, side="left")  # (N, P_len), N = P * G
+        prompt_mask = pad_sequences([[1] * len(ids) for ids in repeated], 0, side="left")
+        model.eval()
+        with torch.no_grad(), autocast:
+            sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
+                                       do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
+        model.train()
+        response = sequences[:, input_ids.shape[1]:]  # (N, R)
+        is_eos = (response == eos).long()
+        response_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (N, R) up to and including the first EOS
+        texts = tokenizer.batch_decode(response.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
+        scores = torch.tensor(gold_rewards([p for p in prompts[chunk] for _ in range(group)], texts)).view(-1, group)  # (P, G)
+        advantages = ((scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-4)).flatten()  # (N,)
+
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (N, T)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+        def response_logps():
+            logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                           logits_to_keep=response.shape[1] + 1).logits[:, :-1]  # (N, R, V)
+            return torch.log_softmax(logits.float(), -1).gather(-1, response[..., None]).squeeze(-1)  # (N, R)
+
+        with autocast:
+            with torch.no_grad(), model.disable_adapter():
+                ref_logps = response_logps()
+            logps = response_logps()
+        log_ratio = (ref_logps - logps).clamp(-20, 20)
+        k3 = torch.exp(log_ratio) - log_ratio - 1  # (N, R)
+        per_token = -torch.exp(logps - logps.detach()) * advantages[:, None] + beta * k3
+        loss = (per_token * response_mask).sum() / response_mask.sum().clamp(min=1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+        lengths.append(response_mask.sum(-1).float().mean().item())
+        rewards.append(scores.mean().item())
+    return {"step_s": times, "length": lengths, "reward": rewards}
+
+
 def run_trl(args, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from alignkit.models.load import load_causal_lm, load_tokenizer
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], None
-
-        def on_step_begin(self, *_, **__):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            self.times.append(time.perf_counter() - self.start)
 
     torch.manual_seed(0)
     tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
@@ -144,7 +211,7 @@ def run_trl(args, out: Path) -> dict:
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=True, use_cpu=True,
         max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none", disable_dropout=True,
         seed=0, dataloader_num_workers=0, log_completions=False)
-    timer = Timer()
+    timer = harness.step_timer()
     trainer = GRPOTrainer(model=model, reward_funcs=[gold], args=config, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS,
                                                  task_type="CAUSAL_LM"),
@@ -156,9 +223,16 @@ def run_trl(args, out: Path) -> dict:
 
 
 def child(args) -> None:
-    out = Path(args.out)
-    result = run_alignkit(args, out) if args.side == "alignkit" else run_trl(args, out)
-    (out / "result.json").write_text(json.dumps(result))
+    """One side, in this process: its measured steps, their mean response length and reward, as one RESULT line."""
+    runners = {"alignkit": lambda: run_alignkit(args, Path(args.out)), "trl": lambda: run_trl(args, Path(args.out)),
+               "bare": lambda: run_bare(args)}
+    result = runners[args.side]()
+    if len(result["step_s"]) != args.warmup + args.steps:
+        raise SystemExit(f"{args.side} ran {len(result['step_s'])} steps, not {args.warmup + args.steps}")
+    lengths = [x for x in result["length"][args.warmup:] if x == x]
+    harness.emit({"side": args.side, "step_seconds": result["step_s"][args.warmup:],
+                  "response_length": statistics.fmean(lengths) if lengths else float("nan"),
+                  "reward": statistics.fmean(result["reward"][args.warmup:])})
 
 
 # ---------------------------------------------------------------- main
@@ -170,43 +244,68 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="responses per prompt (G)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per side")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--gen-rounds", type=int, default=4, help="timed generation rounds per side")
-    parser.add_argument("--sides", default="trl,alignkit")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating")
+    parser.add_argument("--gen-rounds", type=int, default=4, help="timed generation rounds per side (0: skip the generation comparison)")
+    parser.add_argument("--sides", default="trl,alignkit,bare", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return child(args)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if set(sides) - set(SIDES):
+        parser.error(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
+
+    from alignkit.models.load import load_tokenizer, resolve_model_path
+    from alignkit.rl.rollout import encode_prompts
 
     print(f"model {args.model}: {args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, bf16 autocast", flush=True)
-    generation = bench_generation(args)
-    results = {}
-    for side in args.sides.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, __file__, "--side", side, "--out", tmp, "--model", args.model, "--prompts", str(args.prompts),
-                       "--group", str(args.group), "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=str(Path(__file__).parent))
-            if done.returncode != 0:
-                print(f"{side} failed:\n{done.stderr[-3000:]}")
-                continue
-            results[side] = json.loads(Path(tmp, "result.json").read_text())
-            print(f"{side}: step times {[round(t, 2) for t in results[side]['step_s']]}", flush=True)
+    generation = bench_generation(args) if args.gen_rounds > 0 else None
+    runs = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for side in sides:
+                out = Path(tmp, str(round_), side)
+                out.mkdir(parents=True)
+                runs[side].append(harness.run_child(__file__, side, [
+                    "--out", str(out), "--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group),
+                    "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r), "--steps", str(args.steps),
+                    "--warmup", str(args.warmup)]))
 
-    print("\n| side | median step (s) | mean response length | steps/s |")
-    print("|---|---|---|---|")
-    medians = {}
-    for side, result in results.items():
-        timed = result["step_s"][args.warmup:]
-        medians[side] = statistics.median(timed)
-        lengths = [x for x in result["length"][args.warmup:] if x == x]
-        print(f"| {side} | {medians[side]:.2f} | {statistics.mean(lengths) if lengths else float('nan'):.1f} | {1 / medians[side]:.3f} |")
-    print(f"\ngeneration tokens/s: alignkit {generation['alignkit']:.1f}, bare generate {generation['bare']:.1f}, "
-          f"ratio {generation['alignkit'] / generation['bare']:.3f} (goal >= 0.95)")
-    if {"trl", "alignkit"} <= set(medians):
-        print(f"GRPO step speed-up over TRL {medians['trl'] / medians['alignkit']:.2f}x (goal >= 2x)")
+    prompt_ids, _, _ = encode_prompts(load_tokenizer(args.model), hhh_prompts(args.prompts * (args.warmup + args.steps)), 256)
+    prompt_length = statistics.fmean(map(len, prompt_ids))
+    params, sequences = harness.matmul_parameters(resolve_model_path(args.model)), args.prompts * args.group
+    results = {}
+    for side, r in runs.items():
+        length = statistics.fmean(x["response_length"] for x in r)
+        tokens = sequences * (prompt_length + length)
+        results[side] = harness.summarize(r, sequences, 8 * params * tokens)
+        results[side].update(response_length=length, tokens_per_step=tokens, reward=statistics.fmean(x["reward"] for x in r))
+    harness.write_json(args.json, {
+        "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s",
+        "settings": f"{args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, bf16 autocast, "
+                    f"beta 0.04 (k3), AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
+        "params": params, "tokens_per_step": statistics.fmean(x["tokens_per_step"] for x in results.values()),
+        "prompt_length": prompt_length,
+        "flops": "8·N·T per step, T = prompt + response tokens of the P·G sequences (that side's mean response length): "
+                 "2·N·T sampling (prefill + one decode forward per token, KV cache), 2·N·T reference forward, "
+                 "4·N·T LoRA policy forward + backward (frozen weights get no weight gradient)",
+        "generation": generation,
+        "sides": results})
+
+    print("\n| side | s/step (median of runs) | rollouts/s | mean response length | mean reward | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for side, r in results.items():
+        print(f"| {side} | {r['seconds_per_step']:.2f} | {r['throughput']:.2f} | {r['response_length']:.1f} | {r['reward']:.3f} | {r['peak_mib']:.0f} |")
+    if generation:
+        print(f"\ngeneration tokens/s: alignkit {generation['alignkit']:.1f}, bare generate {generation['bare']:.1f}, "
+              f"ratio {generation['alignkit'] / generation['bare']:.3f} (goal >= 0.95)")
+    for other in ("trl", "bare"):
+        if {"alignkit", other} <= set(results):
+            print(f"GRPO step speed-up over {other}: {results[other]['seconds_per_step'] / results['alignkit']['seconds_per_step']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Reward-model training throughput: alignkit's recipe against TRL 1.16 `RewardTrainer`, in one run.
+"""Reward-model training throughput: alignkit's recipe against TRL 1.16 `RewardTrainer` and a bare PyTorch loop, in one run.
 
     .venv/bin/python benchmarks/reward.py                            # embedded SmolLM2-135M, 8 pairs x 256, bf16
     .venv/bin/python benchmarks/reward.py --model tiny-llama --steps 3   # a quick smoke run
-    .venv/bin/python benchmarks/reward.py --sides alignkit,alignkit-classic,trl,trl-defaults
+    .venv/bin/python benchmarks/reward.py --sides alignkit,alignkit-classic,trl,trl-defaults,bare
+    .venv/bin/python benchmarks/reward.py --rounds 3 --json runs/bench/reward.json
 
 Identical settings on every side: the same sequence-classification model (every
 weight trained, float32 weights under bf16 autocast), the same hhh-mini preference
@@ -19,17 +20,20 @@ over many steps evens that out); the median step time is printed too.
 - alignkit-classic:  the same recipe with `share_prompt: false, group_by_length: false` (TRL's layout: 2B padded rows).
 - trl:               `RewardTrainer`, gradient checkpointing off (as alignkit).
 - trl-defaults:      `RewardTrainer` with its default gradient checkpointing on.
+- bare:              a hand-written loop: `AutoModelForSequenceClassification`, the B chosen and B
+                     rejected sequences as one right-padded batch of 2B rows (pairs in file order), the
+                     score read at each row's last real token, `-logsigmoid(r_chosen - r_rejected).mean()`.
 
-Prints a markdown table and the throughput ratio of alignkit to TRL.
+Prints a markdown table and the throughput ratios of alignkit to TRL and to the bare
+loop; `--json PATH` writes the numbers `run_all.py` collects (`--rounds` runs per side,
+summarised as in `harness.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIDES = ("alignkit", "alignkit-classic", "trl", "trl-defaults")
+from benchmarks import harness  # noqa: E402
+
+SIDES = ("alignkit", "alignkit-classic", "trl", "trl-defaults", "bare")
 
 
 def write_pairs(path: Path, count: int, seed: int = 0) -> None:
@@ -49,10 +55,6 @@ def write_pairs(path: Path, count: int, seed: int = 0) -> None:
     rows = preference_rows(generate(seed=seed, n_train=max(50, count), n_test=1)["train"])
     random.Random(seed).shuffle(rows)
     path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows[:count]))
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_alignkit(args, data: Path, out: Path, classic: bool) -> dict:
@@ -83,22 +85,54 @@ def tokenized_pairs(path: str, data: Path) -> list[dict]:
     return out
 
 
+def run_bare(args, data: Path) -> dict:
+    """The hand-written loop: one padded batch of chosen then rejected rows, Bradley-Terry loss, AdamW."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.data.collate import pad_sequences
+    from alignkit.models.load import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    pad_id = load_tokenizer(path).pad_token_id
+    pairs = tokenized_pairs(path, data)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    times = []
+    for start in range(0, len(pairs), args.batch_size):
+        rows = pairs[start:start + args.batch_size]
+        sequences = [p["chosen_ids"][:args.max_length] for p in rows] + [p["rejected_ids"][:args.max_length] for p in rows]
+        began = time.perf_counter()
+        input_ids = pad_sequences(sequences, pad_id)  # (2B, T)
+        attention_mask = pad_sequences([[1] * len(s) for s in sequences], 0)  # (2B, T)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (2B, T, H)
+            last = attention_mask.sum(-1) - 1  # (2B,) each row's last real token
+            rewards = model.score(hidden[torch.arange(len(sequences)), last]).squeeze(-1).float()  # (2B,)
+        chosen, rejected = rewards.chunk(2)
+        loss = -F.logsigmoid(chosen - rejected).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    return {"step_seconds": times[args.warmup:], "train_pairs": len(pairs)}
+
+
+def pair_tokens(path: str, data: Path, max_length: int) -> float:
+    """Mean real tokens of one pair (prompt + chosen, prompt + rejected), as every side counts them."""
+    pairs = tokenized_pairs(path, data)
+    return statistics.fmean(min(len(p["chosen_ids"]), max_length) + min(len(p["rejected_ids"]), max_length) for p in pairs)
+
+
 def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from alignkit.models.load import load_tokenizer, resolve_model_path
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self._start = [], None
-
-        def on_step_begin(self, *_, **__):
-            self._start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            self.times.append(time.perf_counter() - self._start)
 
     path = resolve_model_path(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1)
@@ -108,7 +142,7 @@ def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
                           logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     dataset = Dataset.from_list(tokenized_pairs(path, data))
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer(path))
-    timer = StepTimer()
+    timer = harness.step_timer()
     trainer.add_callback(timer)
     trainer.train()
     return {"step_seconds": timer.times[args.warmup:], "train_pairs": len(trainer.train_dataset)}
@@ -125,23 +159,16 @@ def child(args) -> None:
         "alignkit-classic": lambda: run_alignkit(args, data, out, classic=True),
         "trl": lambda: run_trl(args, data, out, checkpointing=False),
         "trl-defaults": lambda: run_trl(args, data, out, checkpointing=True),
+        "bare": lambda: run_bare(args, data),
     }
     result = runners[args.side]()
-    result.update(side=args.side, peak_mib=peak_mib())
-    print("RESULT " + json.dumps(result), flush=True)
+    harness.emit(result | {"side": args.side})
 
 
 def run_side(side: str, args, data: Path, tmp: str) -> dict:
-    command = [sys.executable, __file__, "--side", side, "--data", str(data), "--out", str(Path(tmp) / side),
-               "--model", args.model, "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)]
-    print(f"running {side} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"{side} failed (exit {done.returncode})")
-    return json.loads(line[len("RESULT "):])
+    return harness.run_child(__file__, side, [
+        "--data", str(data), "--out", str(Path(tmp) / side), "--model", args.model, "--batch-size", str(args.batch_size),
+        "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)])
 
 
 def main() -> None:
@@ -153,7 +180,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every side this many times, alternating, so background load hits all alike")
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--sides", default="alignkit,trl", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--sides", default="alignkit,trl,bare", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -165,28 +193,42 @@ def main() -> None:
     unknown = set(sides) - set(SIDES)
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
-    results = {side: {"step_seconds": [], "peak_mib": 0.0} for side in sides}
+    from alignkit.models.load import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    runs = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         write_pairs(data, args.batch_size * (args.warmup + args.steps))
+        tokens_per_pair = pair_tokens(path, data, args.max_length)
         for round_ in range(args.rounds):
             for side in sides:
                 result = run_side(side, args, data, f"{tmp}/{round_}")
                 if result["train_pairs"] != args.batch_size * (args.warmup + args.steps):
                     raise SystemExit(f"{side} trained on {result['train_pairs']} pairs, not all of them")
-                results[side]["step_seconds"] += result["step_seconds"]
-                results[side]["peak_mib"] = max(results[side]["peak_mib"], result["peak_mib"])
+                runs[side].append(result)
+
+    params = harness.matmul_parameters(path, sequence_classification=True)
+    tokens_per_step = args.batch_size * tokens_per_pair
+    results = {side: harness.summarize(r, args.batch_size, 6 * params * tokens_per_step) for side, r in runs.items()}
+    harness.write_json(args.json, {
+        "stage": "reward", "command": harness.command_line(), "model": args.model, "unit": "pairs/s",
+        "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, bf16 autocast, "
+                    f"Bradley-Terry loss, AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
+        "params": params, "tokens_per_step": tokens_per_step,
+        "flops": "6·N·T per step: N matmul weights of the sequence classifier (score head, no LM head), "
+                 "T real tokens of the 2B prompt+response sequences (a shared prompt counted twice)",
+        "sides": results})
 
     print(f"\nmodel={args.model}, {args.batch_size} pairs/step, max_length {args.max_length}, bf16 autocast, full fine-tuning, "
-          f"Bradley-Terry loss; {args.steps} measured steps after {args.warmup} warmup, x{args.rounds} rounds")
-    print("| side | pairs/s | median s/step | peak RSS MiB |")
+          f"Bradley-Terry loss; {args.steps} measured steps after {args.warmup} warmup, x{args.rounds} runs")
+    print("| side | pairs/s | s/step (median of runs) | peak RSS MiB |")
     print("|---|---|---|---|")
-    throughput = {}
     for side, r in results.items():
-        throughput[side] = args.batch_size * len(r["step_seconds"]) / sum(r["step_seconds"])
-        print(f"| {side} | {throughput[side]:.2f} | {statistics.median(r['step_seconds']):.2f} | {r['peak_mib']:.0f} |")
-    if "alignkit" in throughput and "trl" in throughput:
-        print(f"\nalignkit / TRL RewardTrainer throughput: {throughput['alignkit'] / throughput['trl']:.2f}x")
+        print(f"| {side} | {r['throughput']:.2f} | {r['seconds_per_step']:.2f} | {r['peak_mib']:.0f} |")
+    for other, name in (("trl", "TRL RewardTrainer"), ("bare", "bare loop")):
+        if "alignkit" in results and other in results:
+            print(f"alignkit / {name} throughput: {results['alignkit']['throughput'] / results[other]['throughput']:.2f}x")
 
 
 if __name__ == "__main__":

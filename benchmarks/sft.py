@@ -1,15 +1,26 @@
-"""SFT step throughput: alignkit's recipe against a bare PyTorch loop on the same batches, in one run.
+"""SFT step throughput: alignkit's recipe against TRL 1.16 `SFTTrainer` and a bare PyTorch loop, in one run.
 
-    .venv/bin/python benchmarks/sft.py                       # embedded SmolLM2-135M, bf16, batch 8 x 256
-    .venv/bin/python benchmarks/sft.py --model tiny-llama    # a quick smoke run
+    .venv/bin/python benchmarks/sft.py                                     # embedded SmolLM2-135M, bf16, batch 8 x 256
+    .venv/bin/python benchmarks/sft.py --model tiny-llama --steps 2        # a quick smoke run
+    .venv/bin/python benchmarks/sft.py --sides alignkit,bare --rounds 3 --json runs/bench/sft.json
 
-Both sides train every weight of the same model with AdamW under bf16 autocast on
-identical padded batches (same rows, same order). The bare loop is what one would
-write by hand: `model(input_ids, attention_mask, labels=...)`, whose loss runs the LM
-head and cross-entropy over every position. alignkit's recipe is run for real
-(`alignkit.train.sft`), and its per-step times are read from its metrics.jsonl.
-Rounds alternate between the two so that background load hits both alike; the
-first `--warmup` steps of each round are excluded. Prints a markdown table row.
+Every side trains every weight of the same model (float32 weights under bf16
+autocast) with AdamW (no weight decay) at a constant learning rate, gradient
+clipping 1.0, no gradient checkpointing, on the same prompt-completion rows
+tokenized the same way (alignkit's chat-template encoding; loss on completion
+tokens only), batch size and max length, one epoch of `--warmup + --steps` batches:
+
+- alignkit:  `alignkit.train.sft` as shipped; per-step times read from its metrics.jsonl.
+- trl:       `SFTTrainer` given the same pre-tokenized rows (`input_ids` + `completion_mask`,
+             `completion_only_loss=True`), gradient checkpointing off, bf16, no eval, saving
+             or per-step logging.
+- bare:      the loop one writes by hand: `model(input_ids, attention_mask, labels=...)`,
+             whose loss runs the LM head and cross-entropy over every position, on
+             alignkit's batches in alignkit's order.
+
+Each side runs in its own process; `--rounds` repeats every side, alternating, so
+background load hits all alike. The first `--warmup` steps of each run are excluded.
+Prints a markdown table; `--json PATH` writes the numbers `run_all.py` collects.
 """
 
 from __future__ import annotations
@@ -23,17 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignkit.data.collate import collate_lm  # noqa: E402
-from alignkit.data.formats import detect_format  # noqa: E402
-from alignkit.data.tokenize import tokenize_sft  # noqa: E402
-from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
-from alignkit.train import sft  # noqa: E402
-from alignkit.train.loop import BatchStream  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
+SIDES = ("alignkit", "trl", "bare")
 WORDS = ("the model answers every question with care and a short clear sentence about facts numbers "
          "cities planets colours animals and the people who study them").split()
 
@@ -46,12 +51,43 @@ def make_rows(n: int, seq_len: int, seed: int) -> list[dict]:
     return [{"prompt": text(words), "completion": text(words)} for _ in range(n)]
 
 
-def bare_loop(path: str, batches: list[dict], lr: float) -> list[float]:
-    """Seconds per step of the plain loop: full-vocabulary logits and cross-entropy on every position."""
-    torch.manual_seed(0)
+def tokenized(path: str, data: Path, max_length: int) -> tuple[list[dict], object]:
+    """alignkit's SFT examples `{"input_ids", "loss_mask"}` for the rows in `data`, and the tokenizer."""
+    from alignkit.data.formats import detect_format
+    from alignkit.data.tokenize import tokenize_sft
+    from alignkit.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    examples, _ = tokenize_sft(rows, detect_format(rows), tokenizer, max_length=max_length)
+    return examples, tokenizer
+
+
+def run_alignkit(args, path: str, data: Path, out: Path) -> list[float]:
+    from alignkit.train import sft
+
+    sft({"model": path, "data": str(data), "output_dir": str(out), "max_steps": args.warmup + args.steps,
+         "batch_size": args.batch_size, "max_length": args.seq_len + 8, "eval_fraction": 0, "learning_rate": args.lr,
+         "warmup_ratio": 0, "report_to": ["jsonl"], "seed": 0, "lr_scheduler": "constant", "mixed_precision": "bf16"})
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m["step_seconds"] for m in metrics if "step_seconds" in m]
+
+
+def run_bare(args, path: str, data: Path) -> list[float]:
+    """Full-vocabulary logits and cross-entropy on every position, on alignkit's batches in its order."""
+    import torch
+
+    from alignkit.data.collate import collate_lm
+    from alignkit.models.load import load_causal_lm
+    from alignkit.train.loop import BatchStream
+
+    examples, tokenizer = tokenized(path, data, args.seq_len + 8)
+    stream = BatchStream(len(examples), args.batch_size, seed=0)  # the order the recipe draws (seed 0)
+    batches = [collate_lm([examples[i] for i in stream.next_step(1)[0]], tokenizer.pad_token_id)
+               for _ in range(args.warmup + args.steps)]
     model = load_causal_lm(path)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     times = []
     for batch in batches:
         start = time.perf_counter()
@@ -66,13 +102,41 @@ def bare_loop(path: str, batches: list[dict], lr: float) -> list[float]:
     return times
 
 
-def alignkit_run(path: str, data: Path, out: Path, steps: int, args) -> list[float]:
-    """Seconds per step of `alignkit.train.sft`, from the tokens and tokens/s it logs."""
-    sft({"model": path, "data": str(data), "output_dir": str(out), "max_steps": steps, "batch_size": args.batch_size,
-         "max_length": args.seq_len + 8, "eval_fraction": 0, "learning_rate": args.lr, "warmup_ratio": 0,
-         "report_to": ["jsonl"], "seed": 0, "lr_scheduler": "constant"})
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m["step_seconds"] for m in metrics if "step_seconds" in m]
+def run_trl(args, path: str, data: Path, out: Path) -> list[float]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from alignkit.models.load import load_causal_lm
+
+    examples, tokenizer = tokenized(path, data, args.seq_len + 8)
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": e["loss_mask"]} for e in examples])
+    config = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.seq_len + 8,
+                       max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
+                       weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True, seed=0, gradient_checkpointing=False,
+                       completion_only_loss=True, packing=False, padding_free=False, eval_strategy="no",
+                       logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+                       dataloader_num_workers=0)
+    timer = harness.step_timer()
+    trainer = SFTTrainer(model=load_causal_lm(path), args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[timer])
+    trainer.train()
+    return timer.times
+
+
+def child(args) -> None:
+    import torch
+
+    from alignkit.models.load import resolve_model_path
+
+    torch.manual_seed(0)
+    path, data, out = resolve_model_path(args.model), Path(args.data), Path(args.out)
+    runners = {"alignkit": lambda: run_alignkit(args, path, data, out),
+               "trl": lambda: run_trl(args, path, data, out),
+               "bare": lambda: run_bare(args, path, data)}
+    times = runners[args.side]()
+    if len(times) != args.warmup + args.steps:
+        raise SystemExit(f"{args.side} ran {len(times)} steps, not {args.warmup + args.steps}")
+    harness.emit({"side": args.side, "step_seconds": times[args.warmup:]})
 
 
 def main() -> None:
@@ -80,36 +144,57 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=6, help="measured steps per round")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps excluded at the start of every run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating")
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--json", help="also write the results here as JSON")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.side:
+        return child(args)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if set(sides) - set(SIDES):
+        parser.error(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
+
+    from alignkit.models.load import resolve_model_path
 
     path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(path)
-    steps = args.warmup + args.steps
-    rows = make_rows(args.batch_size * steps, args.seq_len, seed=0)
-    examples, _ = tokenize_sft(rows, detect_format(rows), tokenizer, max_length=args.seq_len + 8)
-    # the same rows in the same order as the recipe's BatchStream (seed 0) draws them
-    stream = BatchStream(len(examples), args.batch_size, seed=0)
-    batches = [collate_lm([examples[i] for i in stream.next_step(1)[0]], tokenizer.pad_token_id) for _ in range(steps)]
-    tokens_per_step = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
-
-    bare, ours = [], []
+    runs = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.batch_size * (args.warmup + args.steps), args.seq_len, 0)))
+        examples, _ = tokenized(path, data, args.seq_len + 8)
         for round_ in range(args.rounds):
-            ours += alignkit_run(path, data, Path(tmp) / f"run{round_}", steps, args)[args.warmup:]
-            bare += bare_loop(path, batches, args.lr)[args.warmup:]
-    bare_s, ours_s = statistics.median(bare), statistics.median(ours)
-    print(f"model={args.model} batch={args.batch_size}x{args.seq_len} (mean {tokens_per_step:.0f} tokens/step) bf16 autocast, full fine-tuning")
-    print(f"bare PyTorch loop: {bare_s:.3f} s/step ({tokens_per_step / bare_s:.0f} tokens/s)")
-    print(f"alignkit sft:      {ours_s:.3f} s/step ({tokens_per_step / ours_s:.0f} tokens/s)")
-    print(f"| SFT step vs bare loop | {args.model} | {args.batch_size}x{args.seq_len} bf16 | "
-          f"{tokens_per_step / ours_s:.0f} tok/s | {tokens_per_step / bare_s:.0f} tok/s | **{bare_s / ours_s:.2f}x** |")
+            for side in sides:
+                runs[side].append(harness.run_child(__file__, side, [
+                    "--data", str(data), "--out", f"{tmp}/{round_}/{side}", "--model", args.model,
+                    "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+                    "--warmup", str(args.warmup), "--lr", str(args.lr)]))
+
+    tokens_per_step = args.batch_size * statistics.fmean(len(e["input_ids"]) for e in examples)  # real tokens, no padding
+    params = harness.matmul_parameters(path)
+    results = {side: harness.summarize(r, tokens_per_step, 6 * params * tokens_per_step) for side, r in runs.items()}
+    harness.write_json(args.json, {
+        "stage": "sft", "command": harness.command_line(), "model": args.model, "unit": "tokens/s",
+        "settings": f"{args.batch_size} rows x ~{args.seq_len} tokens, full fine-tuning, bf16 autocast, AdamW, "
+                    f"{args.steps} measured steps after {args.warmup} warm-up per run",
+        "params": params, "tokens_per_step": tokens_per_step,
+        "flops": "6·N·T per step: N matmul weights (LM head included), T real tokens of the batch",
+        "sides": results})
+
+    print(f"\nmodel={args.model}, batch {args.batch_size}x{args.seq_len} ({tokens_per_step:.0f} tokens/step), bf16 autocast, "
+          f"full fine-tuning; {args.steps} measured steps after {args.warmup} warm-up, x{args.rounds} runs")
+    print("| side | s/step (median of runs) | tokens/s | peak RSS MiB |")
+    print("|---|---|---|---|")
+    for side, r in results.items():
+        print(f"| {side} | {r['seconds_per_step']:.3f} | {r['throughput']:.0f} | {r['peak_mib']:.0f} |")
+    for other in ("trl", "bare"):
+        if "alignkit" in results and other in results:
+            print(f"alignkit / {other} throughput: {results['alignkit']['throughput'] / results[other]['throughput']:.2f}x")
 
 
 if __name__ == "__main__":

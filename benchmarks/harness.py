@@ -1,0 +1,108 @@
+"""Plumbing shared by the stage benchmarks: one side per process, its RESULT line, medians over runs, the JSON file.
+
+Every stage script (`sft.py`, `reward.py`, `dpo.py`, `grpo.py`) runs each side in a
+child process of its own (so peak RSS and allocator state are that side's alone),
+repeats the sides `--rounds` times in alternation (so background load hits them
+alike), and summarises each side the same way:
+
+    per run:   seconds per step = mean of the measured steps (work-weighted: steps may differ in tokens)
+    per side:  seconds_per_step = median over runs; throughput = units_per_step / seconds_per_step
+
+`--json PATH` writes that summary with what `run_all.py` needs for MFU: the model's
+matmul parameters and the model FLOPs of one step.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULT = "RESULT "
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_timer():
+    """A transformers `TrainerCallback` that records each optimizer step's wall time in `.times`."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._start = [], None
+
+        def on_step_begin(self, *_, **__):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
+def emit(result: dict) -> None:
+    """The child's one line of output that the parent reads."""
+    result.setdefault("peak_mib", peak_mib())
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def run_child(script: str, side: str, argv: list[str]) -> dict:
+    """Runs `script --side side *argv` in a fresh interpreter and returns its RESULT dict."""
+    print(f"running {Path(script).stem}/{side} ...", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, script, "--side", side, *argv], capture_output=True, text=True)
+    line = next((l for l in reversed(done.stdout.splitlines()) if l.startswith(RESULT)), None)
+    if done.returncode != 0 or line is None:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"{Path(script).stem} side {side} failed (exit {done.returncode})")
+    return json.loads(line[len(RESULT):])
+
+
+def matmul_parameters(path: str, sequence_classification: bool = False) -> int:
+    """Weights of every nn.Linear (the LM head or score head included, the embedding lookup not): the N of 6·N·T.
+
+    Built on the meta device from config.json, so nothing is loaded.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path, num_labels=1) if sequence_classification else AutoConfig.from_pretrained(path)
+    cls = AutoModelForSequenceClassification if sequence_classification else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    return sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False))
+
+
+def summarize(runs: list[dict], units_per_step: float, flops_per_step: float) -> dict:
+    """One side's numbers from its runs (each `{"step_seconds": [...], "peak_mib": x}`)."""
+    per_run = [statistics.fmean(r["step_seconds"]) for r in runs]
+    seconds = statistics.median(per_run)
+    return {
+        "runs": len(runs),
+        "run_seconds_per_step": per_run,
+        "seconds_per_step": seconds,
+        "median_step_s_pooled": statistics.median(t for r in runs for t in r["step_seconds"]),
+        "throughput": units_per_step / seconds,
+        "flops_per_step": flops_per_step,
+        "peak_mib": max(r.get("peak_mib", 0.0) for r in runs),
+    }
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def command_line() -> str:
+    """This script's invocation as typed, relative to the repository root where possible."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[1]
+    shown = script.relative_to(root) if script.is_relative_to(root) else script
+    return " ".join([".venv/bin/python", str(shown), *sys.argv[1:]])

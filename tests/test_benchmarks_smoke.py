@@ -1,0 +1,55 @@
+"""benchmarks/run_all.py bookkeeping: medians over runs, ratios and goals, and BENCHMARKS.md kept outside its markers.
+
+No model runs here; `benchmarks/run_all.py --quick` is the end-to-end smoke run.
+"""
+
+from __future__ import annotations
+
+from benchmarks import harness, run_all
+
+
+def test_summarize_takes_the_median_of_per_run_means():
+    runs = [{"step_seconds": [1.0, 3.0], "peak_mib": 10}, {"step_seconds": [4.0, 4.0], "peak_mib": 30},
+            {"step_seconds": [1.0, 1.0], "peak_mib": 20}]
+    out = harness.summarize(runs, units_per_step=8, flops_per_step=1e9)
+    assert out["run_seconds_per_step"] == [2.0, 4.0, 1.0]
+    assert out["seconds_per_step"] == 2.0  # median of 2, 4, 1
+    assert out["throughput"] == 4.0  # 8 units / 2 s
+    assert out["peak_mib"] == 30
+
+
+def _stage(alignkit_s: float, trl_s: float, bare_s: float, copy_s: float | None = None) -> dict:
+    sides = {"alignkit": alignkit_s, "trl": trl_s, "bare": bare_s} | ({"alignkit-copy": copy_s} if copy_s else {})
+    return {"sides": {side: {"throughput": 1 / s} for side, s in sides.items()}}
+
+
+def test_goals_compare_throughputs_against_the_targets():
+    results = {"sft": _stage(1.0, 1.4, 0.95), "dpo": _stage(1.0, 2.5, 1.5, copy_s=2.0)}
+    rows = "\n".join(run_all.goal_rows(results))
+    assert "| SFT: alignkit >= 1.5x TRL | 1.40x | **missed** |" in rows
+    assert "| SFT: alignkit >= 0.9x bare loop | 0.95x | met |" in rows
+    assert "| DPO: alignkit >= 2x TRL | 2.50x | met |" in rows
+    assert "| DPO: alignkit-copy >= 0.9x bare loop | 0.75x | **missed** |" in rows
+    assert "GRPO" not in rows  # stages not run get no rows
+
+
+def test_write_section_keeps_hand_written_text_and_replaces_its_own(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# alignkit benchmarks\n\n## GRPO\n\nhand-written notes\n")
+    run_all.write_section(path, f"{run_all.BEGIN}\nfirst\n{run_all.END}\n")
+    run_all.write_section(path, f"{run_all.BEGIN}\nsecond\n{run_all.END}\n")
+    text = path.read_text()
+    assert text.startswith("# alignkit benchmarks\n")
+    assert text.count(run_all.BEGIN) == 1 and "second" in text and "first" not in text
+    assert text.index(run_all.END) < text.index("## GRPO") and text.endswith("hand-written notes\n")
+
+
+def test_a_partial_run_keeps_the_other_stages_of_the_same_model(tmp_path):
+    import json
+
+    path = tmp_path / "run_all.json"
+    stage = {"stage": "sft", "peak_gflops": 100.0, "sides": {}}
+    path.write_text(json.dumps({"model": "m", "results": {"sft": stage, "dpo": dict(stage, stage="dpo")}}))
+    kept = run_all.earlier_results(path, "m", skip=["dpo"])
+    assert list(kept) == ["sft"] and kept["sft"]["carried"]
+    assert run_all.earlier_results(path, "other-model", skip=[]) == {}
