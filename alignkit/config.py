@@ -562,6 +562,7 @@ class PipelineConfig:
     n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).")
     policy: str = option("grpo", "Online RL stage: grpo or ppo.")
     stages: list = option(["sft", "reward", "policy", "dpo", "eval", "report"], "Stages to run, in this order (data is always written first).")
+    eval_base: bool = option(True, "Evaluate the base model too (as `base`), so the final table shows what SFT itself gained.")
     sft: dict = option({}, "Overrides for the SFT stage (see `alignkit sft --help`).")
     reward: dict = option({}, "Overrides for the reward-model stage (see `alignkit reward --help`).")
     rl: dict = option({}, "Overrides for the PPO/GRPO stage (see `alignkit grpo --help`), monitor: included.")

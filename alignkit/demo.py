@@ -2,7 +2,7 @@
 
 SFT -> reward model -> GRPO against it, and DPO on the same preferences -> eval (gold reward,
 reward model and win rates against SFT with bootstrap intervals, KL, length) -> report.html,
-ending with the table SFT vs GRPO vs DPO. Finished stages in the workdir are reused. See
+ending with the table base vs SFT vs GRPO vs DPO. Finished stages in the workdir are reused. See
 `alignkit.pipeline` for the stages and the config.
 """
 

@@ -7,7 +7,7 @@ Everything lands in `workdir`:
     reward/      reward model (or ensemble) from the SFT model     (alignkit reward)
     grpo/ | ppo/ online RL from the SFT model against the reward   (alignkit grpo / ppo, with the monitor)
     dpo/         DPO from the SFT model on the preference pairs    (alignkit dpo, with the monitor)
-    eval/        answers, results.json: SFT vs RL vs DPO           (alignkit eval)
+    eval/        answers, results.json: base vs SFT vs RL vs DPO   (alignkit eval)
     report.html  one self-contained page                           (alignkit report)
     pipeline.json  stage status and timings, and the final table
 
@@ -134,9 +134,10 @@ def run_stage(name: str, configs: dict, pipeline: PipelineConfig):
 
 
 def eval_models(pipeline: PipelineConfig) -> dict[str, str]:
-    """SFT and every policy stage of this pipeline that has a model."""
+    """The base model (with `eval_base`), SFT and every policy stage of this pipeline that has a model."""
     work = Path(pipeline.workdir)
-    models = {"sft": str(work / "sft")}
+    models = {"base": pipeline.model} if pipeline.eval_base else {}
+    models["sft"] = str(work / "sft")
     for name in (pipeline.policy, "dpo"):
         if (work / name / "model" / "config.json").is_file():
             models[name] = str(work / name)
@@ -178,7 +179,7 @@ def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
         import json
 
         results = json.loads(results_file.read_text())
-        record["table"] = format_table(results, [n for n in ("sft", config.policy, "dpo") if n in results["models"]])
+        record["table"] = format_table(results, [n for n in ("base", "sft", config.policy, "dpo") if n in results["models"]])
         record["results"] = {"models": results["models"], "reference": results["reference"], "prompts": results["prompts"]}
     write_json(work / "pipeline.json", record)
     if "report" in stages:  # again, so the page shows the final table and timings

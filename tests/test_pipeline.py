@@ -34,8 +34,9 @@ def test_pipeline_runs_every_stage_then_resumes(tmp_path, tiny_path, capsys):
     work = tmp_path / "pipe"
     assert [s["status"] for s in record["stages"].values()] == ["ran"] * 6
     results = json.loads((work / "eval" / "results.json").read_text())
-    assert set(results["models"]) == {"sft", "grpo", "dpo"} and results["reference"] == "sft"
-    for name in ("grpo", "dpo"):
+    assert set(results["models"]) == {"base", "sft", "grpo", "dpo"} and results["reference"] == "sft"
+    assert results["paths"]["base"] == tiny_path  # the model SFT started from, so the table shows what SFT gained
+    for name in ("base", "grpo", "dpo"):
         model = results["models"][name]
         assert set(model["win_rate"]) == {"gold", "reward", "judge"}
         for w in model["win_rate"].values():
@@ -47,7 +48,7 @@ def test_pipeline_runs_every_stage_then_resumes(tmp_path, tiny_path, capsys):
     page = (work / "report.html").read_text()
     assert "Win rate against sft" in page and "<svg" in page and "GRPO" in page
     table = capsys.readouterr().out
-    assert "win vs sft (gold)" in table and "grpo" in table and "dpo" in table
+    assert "win vs sft (gold)" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
 
     again = run_pipeline(config)  # everything exists: nothing trains again
     assert [s["status"] for name, s in again["stages"].items() if name != "report"] == ["reused"] * 5
