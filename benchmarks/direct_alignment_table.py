@@ -16,7 +16,7 @@ cache, and a rerun with other settings reuses it), then:
 - KL to reference: mean log pi(y_w|x) - log pi_ref(y_w|x) over the held-out chosen
   answers, in nats per answer (the `kl/ref` metric the recipes log).
 
-Method settings live in METHODS below; `--steps`, `--lr` and `--beta` override them all.
+Method settings live in METHODS below; `--steps`, `--lr` and `--beta` override them all, `--rpo-alpha` the pairwise ones.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def cached_row(path: Path, model: str, compute) -> dict:
         if row.pop("model_mtime", None) == stamp:
             return row
     row = compute()
-    path.write_text(json.dumps({**row, "model_mtime": stamp}))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**row, "model_mtime": stamp}))
+    tmp.replace(path)  # a killed run leaves no half-written row
     return row
 
 
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--beta", type=float)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--rpo-alpha", type=float, help="NLL weight on the chosen answer for the pairwise methods (RPO)")
     parser.add_argument("--kto-steps", type=int, help="KTO's steps, when it should differ from --steps")
     parser.add_argument("--train-rows", type=int, default=800, help="training rows drawn from each train file (0: all)")
     args = parser.parse_args()
@@ -156,6 +159,8 @@ def main() -> None:
         if method == "kto" and args.kto_steps:
             settings["max_steps"] = args.kto_steps
         settings.update({k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr), ("beta", args.beta)) if v is not None})
+        if args.rpo_alpha is not None and settings["recipe"] == "dpo":
+            settings["rpo_alpha"] = args.rpo_alpha
         described = f"beta={settings['beta']}, lr={settings['learning_rate']:g}, {settings['max_steps']} steps x {LORA['batch_size']}"
         described += f", rpo_alpha={settings['rpo_alpha']}" if settings.get("rpo_alpha") else ""
         started = time.time()
