@@ -44,14 +44,6 @@ from benchmarks import harness  # noqa: E402
 SIDES = ("alignkit", "trl", "trl-precompute", "alignkit-copy", "bare")
 
 
-def write_pairs(path: Path, count: int) -> None:
-    """The first `count` hhh-mini training pairs (prompt, chosen, rejected only)."""
-    from alignkit.data.tasks.hhh_mini import generate, preference_rows
-
-    rows = preference_rows(generate(seed=0, n_train=max(50, count // 2 + 1), n_test=1)["train"])[:count]
-    path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
-
-
 def run_alignkit(args, data: Path, out: Path, reference: str) -> dict:
     from alignkit.models.load import resolve_model_path
     from alignkit.train import dpo
@@ -61,9 +53,7 @@ def run_alignkit(args, data: Path, out: Path, reference: str) -> dict:
                    "batch_size": args.batch_size, "max_length": args.max_length, "eval_fraction": 0, "learning_rate": args.lr,
                    "warmup_ratio": 0, "lr_scheduler": "constant", "report_to": ["jsonl"], "seed": 0, "beta": 0.1,
                    "mixed_precision": "bf16", "reference": reference, "ref_cache_dir": str(out / "ref_cache")})
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    times = [m["step_seconds"] for m in metrics if "step_seconds" in m]
-    return {"step_seconds": times[args.warmup:], "setup_seconds": summary["setup_seconds"]}
+    return {"step_seconds": harness.logged_step_seconds(out, args.warmup), "setup_seconds": summary["setup_seconds"]}
 
 
 def tokenized_pairs(path: str, data: Path, max_length: int) -> tuple[list[dict], int]:
@@ -195,7 +185,8 @@ def main() -> None:
     runs = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
-        write_pairs(data, args.batch_size * (args.warmup + args.steps))
+        count = args.batch_size * (args.warmup + args.steps)
+        harness.write_hhh_pairs(data, count, n_train=max(50, count // 2 + 1))
         examples, _ = tokenized_pairs(path, data, args.max_length)
         for round_ in range(args.rounds):
             for side in sides:

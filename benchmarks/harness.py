@@ -64,6 +64,24 @@ def run_child(script: str, side: str, argv: list[str]) -> dict:
     return json.loads(line[len(RESULT):])
 
 
+def logged_step_seconds(run_dir: Path, warmup: int) -> list[float]:
+    """An alignkit run's per-step wall times from its metrics.jsonl, the first `warmup` steps left out."""
+    metrics = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [m["step_seconds"] for m in metrics if "step_seconds" in m][warmup:]
+
+
+def write_hhh_pairs(path: Path, count: int, n_train: int, shuffle_seed: int | None = None) -> None:
+    """`count` hhh-mini training pairs (prompt, chosen, rejected only) as JSONL; shuffled when a seed is given."""
+    import random
+
+    from alignkit.data.tasks.hhh_mini import generate, preference_rows
+
+    rows = preference_rows(generate(seed=0, n_train=n_train, n_test=1)["train"])
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows[:count]))
+
+
 def matmul_parameters(path: str, sequence_classification: bool = False) -> int:
     """Weights of every nn.Linear (the LM head or score head included, the embedding lookup not): the N of 6·N·T.
 

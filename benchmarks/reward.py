@@ -46,17 +46,6 @@ from benchmarks import harness  # noqa: E402
 SIDES = ("alignkit", "alignkit-classic", "trl", "trl-defaults", "bare")
 
 
-def write_pairs(path: Path, count: int, seed: int = 0) -> None:
-    """`count` hhh-mini training pairs (prompt, chosen, rejected), shuffled so every batch mixes categories."""
-    import random
-
-    from alignkit.data.tasks.hhh_mini import generate, preference_rows
-
-    rows = preference_rows(generate(seed=seed, n_train=max(50, count), n_test=1)["train"])
-    random.Random(seed).shuffle(rows)
-    path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows[:count]))
-
-
 def run_alignkit(args, data: Path, out: Path, classic: bool) -> dict:
     from alignkit.models.load import resolve_model_path
     from alignkit.train import reward
@@ -66,9 +55,7 @@ def run_alignkit(args, data: Path, out: Path, classic: bool) -> dict:
                       "eval_fraction": 0, "learning_rate": args.lr, "warmup_ratio": 0, "lr_scheduler": "constant",
                       "report_to": ["jsonl"], "seed": 0, "mixed_precision": "bf16",
                       "share_prompt": not classic, "group_by_length": not classic})
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    times = [m["step_seconds"] for m in metrics if "step_seconds" in m]
-    return {"step_seconds": times[args.warmup:], "train_pairs": summary["train_pairs"]}
+    return {"step_seconds": harness.logged_step_seconds(out, args.warmup), "train_pairs": summary["train_pairs"]}
 
 
 def tokenized_pairs(path: str, data: Path) -> list[dict]:
@@ -199,7 +186,8 @@ def main() -> None:
     runs = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
-        write_pairs(data, args.batch_size * (args.warmup + args.steps))
+        count = args.batch_size * (args.warmup + args.steps)
+        harness.write_hhh_pairs(data, count, n_train=max(50, count), shuffle_seed=0)  # every batch mixes categories
         tokens_per_pair = pair_tokens(path, data, args.max_length)
         for round_ in range(args.rounds):
             for side in sides:

@@ -69,8 +69,7 @@ def run_alignkit(args, path: str, data: Path, out: Path) -> list[float]:
     sft({"model": path, "data": str(data), "output_dir": str(out), "max_steps": args.warmup + args.steps,
          "batch_size": args.batch_size, "max_length": args.seq_len + 8, "eval_fraction": 0, "learning_rate": args.lr,
          "warmup_ratio": 0, "report_to": ["jsonl"], "seed": 0, "lr_scheduler": "constant", "mixed_precision": "bf16"})
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m["step_seconds"] for m in metrics if "step_seconds" in m]
+    return harness.logged_step_seconds(out, warmup=0)  # every step: child() checks the count, then drops the warm-up
 
 
 def run_bare(args, path: str, data: Path) -> list[float]:

@@ -115,22 +115,16 @@ def test_dpo_killed_at_a_random_step_resumes_to_the_uninterrupted_run(tmp_path, 
     assert checks == [json.loads(line) for line in (full / "monitor.jsonl").read_text().splitlines()], note
 
 
-PPO_REWARD = '''def capitalized_words(prompts, responses, **columns):
-    """tests/test_rl_resume.py's reward: the share of words that start with a capital letter."""
-    return [sum(w[:1].isupper() for w in r.split()) / max(1, len(r.split())) for r in responses]
-'''
-
-
 def test_ppo_killed_at_a_random_step_resumes_to_the_uninterrupted_run(tmp_path, tiny_path, write_jsonl):
     """GAE with the value head, adaptive KL, running reward normalisation, shuffled minibatches, a linear schedule,
     held-out monitor checks and hacking alarms: all state a kill -9 loses unless the checkpoint carries it."""
     prompts = write_jsonl([{"prompt": f"Write about topic {i}."} for i in range(12)], "prompts.jsonl")
     held_out = write_jsonl([{"prompt": f"Describe place {i}."} for i in range(2)], "held_out.jsonl")
-    (tmp_path / "reward.py").write_text(PPO_REWARD)  # a file the subprocess imports by path
 
     def args(out):
         return ["--model", tiny_path, "--data", prompts, "--output_dir", str(out), "--max_steps", "10",
-                "--reward_function", f"{tmp_path / 'reward.py'}:capitalized_words", "--advantage", "gae", "--value_model", "head",
+                "--reward_function", f"{Path(__file__).parent / 'test_rl_resume.py'}:capitalized_words",  # imported by path
+                "--advantage", "gae", "--value_model", "head",
                 "--prompts_per_step", "2", "--batch_size", "2", "--ppo_epochs", "2", "--num_minibatches", "2",
                 "--max_new_tokens", "8", "--learning_rate", "3e-2", "--lr_scheduler", "linear", "--kl_control", "adaptive",
                 "--kl_target", "0.01", "--kl_horizon", "50", "--monitor", f"{{every: 1, hacking_every: 1, prompts: {held_out}}}",

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -358,7 +357,7 @@ class TrainingMonitor:
         """
         if not state:
             return
-        from alignkit.train.loop import write_json
+        from alignkit.train.loop import truncate_log, write_json
 
         self.step = state["step"]
         self.detector.load_state_dict(state["detector"])
@@ -367,8 +366,7 @@ class TrainingMonitor:
         self.reference_answers, self.online = state["reference_answers"], state["online"]
         checks = self.output_dir / "monitor.jsonl"
         if checks.is_file():
-            kept = [line for line in checks.read_text().splitlines() if _logged_step(line) <= self.step]
-            checks.write_text("".join(line + "\n" for line in kept))
+            truncate_log(checks, self.step)
             write_json(self.output_dir / "monitor.json", self.summary())
 
     def summary(self) -> dict:
@@ -378,14 +376,6 @@ class TrainingMonitor:
                 "best_step": self.best_step, "best_target": best.target if best else None,
                 "best_dir": str(self.output_dir / "best") if self.best_step is not None else None,
                 "hacking_warnings": self.hacking.warnings}
-
-
-def _logged_step(line: str) -> float:
-    """The step of a monitor.jsonl line; infinity for a line cut short by a kill, so it is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
 
 
 # ---------------------------------------------------------------- building it from a recipe's config

@@ -30,7 +30,7 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-class AdaptiveKLController:
+class AdaptiveKLController(FixedKLController):
     """beta grows when the KL is above `target` and shrinks when below (Ziegler et al. 2019)."""
 
     def __init__(self, init_coef: float, target: float = 6.0, horizon: float = 10000):
@@ -42,12 +42,6 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * num_responses / self.horizon
         return self.value
-
-    def state_dict(self) -> dict:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
 
 
 KL_CONTROLLERS = {"fixed": FixedKLController, "adaptive": AdaptiveKLController}

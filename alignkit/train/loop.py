@@ -142,12 +142,18 @@ def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- logging
 
-def _step_of(line: str) -> float:
-    """A metrics.jsonl line's step; a line cut short by a kill counts as after every checkpoint (dropped)."""
+def _logged_step(line: str) -> float:
+    """A JSONL log line's step; a line cut short by a kill counts as after every checkpoint (dropped)."""
     try:
         return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:
-        return float("inf")
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keeps the lines of a JSONL log (metrics.jsonl, monitor.jsonl) up to `step`, so a resumed run appends from its checkpoint."""
+    kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step] if path.is_file() else []
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 class MetricsLogger:
@@ -159,10 +165,7 @@ class MetricsLogger:
         self.writer = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if resume_step and self.path.is_file():  # a resumed run keeps the history up to its checkpoint
-                kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            truncate_log(self.path, resume_step)  # a resumed run keeps the history up to its checkpoint; a new one starts empty
             if "tensorboard" in report_to:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -229,6 +232,12 @@ class NanGuard:
                 f"likely causes: a learning rate that is too high, a beta that is too small or large, or bad rows (empty or garbled completions)"
             )
         return True
+
+    def state_dict(self) -> dict:
+        return {"consecutive": self.consecutive, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consecutive, self.skipped = state["consecutive"], state["skipped"]
 
 
 # ---------------------------------------------------------------- saving

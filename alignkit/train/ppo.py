@@ -134,7 +134,7 @@ SUMMARY_KEYS = ("reward", "kl/ref", "kl/coef", "throughput/generation_tokens_per
 def online_state(kl_controller, rewards, monitor, nan_guard, first_eval: dict, history: list[dict]) -> dict:
     """The recipe's own state for a checkpoint (JSON): everything `restore_online_state` needs."""
     return {"kl_controller": kl_controller.state_dict(), "rewards": rewards.state_dict(), "monitor": monitor.state_dict(),
-            "nan_guard": {"consecutive": nan_guard.consecutive, "skipped": nan_guard.skipped}, "first_eval": first_eval,
+            "nan_guard": nan_guard.state_dict(), "first_eval": first_eval,
             "history": [{k: m[k] for k in SUMMARY_KEYS if k in m} for m in history]}
 
 
@@ -145,7 +145,7 @@ def restore_online_state(state: dict, kl_controller, rewards, monitor, nan_guard
     kl_controller.load_state_dict(state["kl_controller"])
     rewards.load_state_dict(state["rewards"])
     monitor.load_state_dict(state["monitor"])
-    nan_guard.consecutive, nan_guard.skipped = state["nan_guard"]["consecutive"], state["nan_guard"]["skipped"]
+    nan_guard.load_state_dict(state["nan_guard"])
     return state["first_eval"], state["history"]
 
 
