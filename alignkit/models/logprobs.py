@@ -8,12 +8,17 @@ so that a large vocabulary never materialises a (N, V) float32 tensor at once.
 
 The forward still goes through the top-level model (with `logits_to_keep=1`, so the
 full head is skipped) so that DDP/FSDP wrappers see it and synchronise gradients.
+
+RL batches hold G responses to each prompt. Given the prompt columns, a prompt shared
+by several rows runs through the backbone once; its KV cache (gradients flow through
+it) is indexed out to those rows, and only the responses run per row.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 CHUNK_ROWS = 2048  # (2048, 49152) float32 logits = 400 MB: the most we materialise at once
 
@@ -43,6 +48,37 @@ def final_hidden_states(model, input_ids, attention_mask, position_ids=None):
     return out.hidden_states[-1]
 
 
+def shared_prompt_hidden_states(model, input_ids, attention_mask, position_ids, prompt_mask):
+    """Like `final_hidden_states`, with each distinct prompt run once; None when no two rows share one.
+
+    `prompt_mask` (B, T) marks the prompt tokens, which fill the leftmost columns
+    (left-padded prompts, then the responses). Not for wrapped (DDP, FSDP) models, which
+    expect one forward per backward, nor with activation checkpointing, which drops the cache.
+    """
+    base = unwrap(model)
+    if model is not base and (hasattr(model, "module") or is_sharded(model)) or getattr(base, "is_activation_checkpointing", False):
+        return None
+    prompt_columns = prompt_mask.bool().any(0).nonzero()
+    if len(prompt_columns) == 0:
+        return None
+    width = int(prompt_columns[-1]) + 1
+    keys = torch.where(prompt_mask[:, :width].bool(), input_ids[:, :width], -1)  # (B, width)
+    distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)  # (U, width), (B,)
+    if len(distinct) == len(keys) or width == input_ids.shape[1]:
+        return None
+    rows = torch.arange(len(keys), device=keys.device)
+    first = torch.full((len(distinct),), len(keys), device=keys.device).scatter_reduce(0, inverse, rows, "amin")  # (U,)
+    cache = DynamicCache(config=base.config)
+    prompts = model(input_ids=input_ids[first, :width], attention_mask=attention_mask[first, :width],
+                    position_ids=None if position_ids is None else position_ids[first, :width], past_key_values=cache,
+                    use_cache=True, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # (U, width, H)
+    cache.batch_select_indices(inverse)  # each row gets its prompt's keys and values
+    responses = model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
+                      position_ids=None if position_ids is None else position_ids[:, width:], past_key_values=cache,
+                      use_cache=True, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # (B, T - width, H)
+    return torch.cat([prompts[inverse], responses], dim=1)  # (B, T, H)
+
+
 def _head_logprobs(head, hidden, targets, with_entropy: bool, temperature: float = 1.0):
     """Log-probs (N,) of `targets` under head(hidden) (N, H), and entropies (N,) if asked, in chunks."""
     logps, entropies = [], []
@@ -57,7 +93,8 @@ def _head_logprobs(head, hidden, targets, with_entropy: bool, temperature: float
     return logp, entropy
 
 
-def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=None, with_entropy: bool = False, temperature: float = 1.0):
+def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=None, with_entropy: bool = False, temperature: float = 1.0,
+                   prompt_mask=None):
     """Log-prob of each token given the ones before it, at loss positions only.
 
     Args:
@@ -66,6 +103,8 @@ def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=Non
         loss_mask: (B, T) 1 where the token at that position is scored (its log-prob
             comes from the hidden state one position earlier, so column 0 is never scored).
         temperature: logits are divided by it (RL scores sampled tokens at the sampling temperature).
+        prompt_mask: (B, T) 1 on prompt tokens, which fill the leftmost columns: rows with the
+            same prompt then share its forward (`shared_prompt_hidden_states`).
 
     Returns:
         logps: (B, T) float32, log p(input_ids[b, t] | input_ids[b, :t]) where loss_mask is 1, else 0.
@@ -81,7 +120,9 @@ def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=Non
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
         logp, entropy = _head_logprobs(torch.nn.Identity(), logits[batch_idx, pos_idx - 1], targets, with_entropy, temperature)
     else:
-        hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
+        hidden = None if prompt_mask is None else shared_prompt_hidden_states(model, input_ids, attention_mask, position_ids, prompt_mask)
+        if hidden is None:
+            hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
         head = unwrap(model).get_output_embeddings()
         selected = hidden[batch_idx, pos_idx - 1]  # (N, H): the state that predicts each scored token
         logp, entropy = _head_logprobs(head, selected, targets, with_entropy, temperature)

@@ -6,6 +6,7 @@ Layout of a rollout (N = prompts x G responses, each prompt's G responses contig
     attention_mask  (N, T)  1 on prompt and response tokens
     position_ids    (N, T)  cumsum(attention_mask) - 1, as `generate` numbers them
     response_mask   (N, T)  1 on response tokens (EOS included): the loss mask
+    prompt_mask     (N, T)  1 on prompt tokens: rows with the same prompt share its forward
 
 Prompts are left-padded (so generation appends on the right) and responses
 right-padded. Passing `position_ids` explicitly makes a training forward number the
@@ -25,6 +26,7 @@ from alignkit.data.collate import pad_sequences
 from alignkit.data.tokenize import TokenizeReport, encode_prompt
 from alignkit.errors import AlignkitError
 from alignkit.models.logprobs import token_logprobs
+from alignkit.models.sampling import sample
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Rollout:
     attention_mask: torch.Tensor  # (N, T)
     position_ids: torch.Tensor  # (N, T)
     response_mask: torch.Tensor  # (N, T)
+    prompt_mask: torch.Tensor  # (N, T)
     finished: torch.Tensor  # (N,) bool: the response ended with EOS
     response_ids: list[list[int]]
     responses: list[str]
@@ -51,7 +54,7 @@ class Rollout:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Everything indexable by response: the layout tensors plus `extras`."""
         base = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids, "response_mask": self.response_mask}
+                "position_ids": self.position_ids, "response_mask": self.response_mask, "prompt_mask": self.prompt_mask}
         return {**base, **self.extras}
 
 
@@ -116,6 +119,7 @@ def pack_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], fin
         attention_mask=attention,
         position_ids=position_ids_from_mask(attention),
         response_mask=torch.cat([torch.zeros_like(prompt_attention), response_mask], dim=1),
+        prompt_mask=torch.cat([prompt_attention, torch.zeros_like(response_mask)], dim=1),
         finished=torch.tensor(finished, dtype=torch.bool),
         response_ids=[list(r) for r in response_ids],
         responses=[tokenizer.decode(r, skip_special_tokens=True).strip() for r in response_ids] if tokenizer else [],
@@ -136,37 +140,31 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 0, bf16: bool = True) -> Rollout:
-    """Samples `group_size` responses per prompt with HF `generate` (KV cache), stopping at EOS.
+    """Samples `group_size` responses per prompt (`alignkit.models.sampling.sample`: KV cache, one prefill per prompt), stopping at EOS.
 
     Args:
         prompt_ids: token ids of each prompt (already through the chat template).
-        batch_size: sequences per `generate` call (0 = all at once).
+        batch_size: responses sampled together (0 = all at once); a chunk holds whole groups.
 
     Returns:
         A `Rollout` whose responses for prompt i are rows i*G .. i*G + G - 1.
     """
     device = next(model.parameters()).device
-    repeated = [ids for ids in prompt_ids for _ in range(group_size)]
     eos = eos_token_ids(model, tokenizer)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
     was_training = model.training
     model.eval()
     started = time.perf_counter()
     responses, finished = [], []
-    step = batch_size or len(repeated)
-    for start in range(0, len(repeated), step):
-        chunk = repeated[start:start + step]
-        ids = pad_sequences(chunk, tokenizer.pad_token_id, side="left").to(device)
-        attention = pad_sequences([[1] * len(p) for p in chunk], 0, side="left").to(device)
+    per_chunk = max(1, batch_size // group_size) if batch_size else len(prompt_ids)
+    for start in range(0, len(prompt_ids), per_chunk):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos), **sampling)
-        for row in out[:, ids.shape[1]:].tolist():
-            tokens, done = cut_at_eos(row, eos, max_new_tokens)
-            responses.append(tokens)
-            finished.append(done)
+            chunk_responses, chunk_finished = sample(model, prompt_ids[start:start + per_chunk], group_size, max_new_tokens,
+                                                     temperature, top_p, eos, tokenizer.pad_token_id)
+        responses += chunk_responses
+        finished += chunk_finished
     seconds = time.perf_counter() - started
     model.train(was_training)
+    repeated = [ids for ids in prompt_ids for _ in range(group_size)]
     prompt_index = [i for i in range(len(prompt_ids)) for _ in range(group_size)]
     rollout = pack_rollout(repeated, responses, finished, tokenizer.pad_token_id, tokenizer, prompt_index)
     rollout.generation_seconds = seconds
@@ -196,7 +194,8 @@ def select(tensors: dict[str, torch.Tensor], rows, device=None) -> dict[str, tor
 def batch_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
     """(N, T) log-probs (and entropies) of the response tokens of a `select`ed batch."""
     return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                          position_ids=batch["position_ids"], with_entropy=with_entropy, temperature=temperature)
+                          position_ids=batch["position_ids"], with_entropy=with_entropy, temperature=temperature,
+                          prompt_mask=batch.get("prompt_mask"))
 
 
 @torch.no_grad()
