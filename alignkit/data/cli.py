@@ -1,4 +1,5 @@
-"""`alignkit data ...`: make built-in task datasets, inspect a dataset's quality, turn implicit signals into data."""
+"""`alignkit data ...`: make built-in task datasets, inspect a dataset's quality, turn implicit signals into data,
+sample on-policy preference pairs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,25 @@ def add_arguments(parser) -> None:
     signals.add_argument("logs", help="JSONL log, one line per response shown")
     signals.add_argument("--out", required=True, help="output directory: kto.jsonl, preference.jsonl, signals_summary.json")
     signals.add_argument("--rules", help="YAML file of rules (see alignkit.feedback.signals.SignalRules)")
+    pairs = sub.add_parser("sample-pairs", help="on-policy pairs: K samples per prompt from a model, scored, best vs worst")
+    pairs.add_argument("--model", required=True, help="the model to sample from (usually the SFT model): alias, directory or hub id")
+    pairs.add_argument("--prompts", required=True, help="rows with a `prompt` column (file, directory or hub id)")
+    pairs.add_argument("--out", required=True, help="output JSONL of preference rows (prompt, chosen, rejected, strength, scores)")
+    pairs.add_argument("--reward-function", help="module:function, path/file.py:function or a registered name such as hhh-mini-gold")
+    pairs.add_argument("--reward-model", help="reward model or ensemble directory")
+    pairs.add_argument("--reward-url", help="an HTTP reward server")
+    pairs.add_argument("--samples", type=int, default=4, help="samples per prompt (G)")
+    pairs.add_argument("--max-new-tokens", type=int, default=64)
+    pairs.add_argument("--max-prompt-length", type=int, default=512, help="longer prompts are skipped (counted)")
+    pairs.add_argument("--temperature", type=float, default=1.0)
+    pairs.add_argument("--top-p", type=float, default=1.0)
+    pairs.add_argument("--min-gap", type=float, default=0.0, help="keep a pair only when best - worst >= this")
+    pairs.add_argument("--keep-truncated", action="store_true", help="let responses cut at --max-new-tokens be chosen or rejected")
+    pairs.add_argument("--batch-size", type=int, default=64, help="responses sampled together")
+    pairs.add_argument("--split", default="train", help="split of a datasets directory or hub id")
+    pairs.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.add_argument("--no-bf16", action="store_true", help="sample without bf16 autocast")
 
 
 def run(args) -> None:
@@ -41,3 +61,7 @@ def run(args) -> None:
         from alignkit.feedback.signals import run_from_signals
 
         run_from_signals(args)
+    elif args.data_command == "sample-pairs":
+        from alignkit.feedback.on_policy import run_sample_pairs
+
+        run_sample_pairs(args)
