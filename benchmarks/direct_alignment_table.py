@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/direct_alignment_table.py                    # after `alignkit demo`
     .venv/bin/python benchmarks/direct_alignment_table.py --methods dpo --steps 20
+    .venv/bin/python benchmarks/direct_alignment_table.py --pairs runs/onpolicy/pairs.jsonl --out runs/direct_alignment_onpolicy
 
 Each method trains LoRA adapters on the SFT model (`runs/demo/sft/model`) on a seeded
 subset of `--train-rows` training rows (preference pairs for DPO/IPO, unpaired rows for
@@ -66,8 +67,12 @@ def train_subset(data: Path, name: str, rows: int, out: Path) -> Path:
     return path
 
 
-def train(method: str, settings: dict, data: Path, sft: str, out: Path, rows: int) -> dict:
-    """Trains one method, or reuses `<out>/<method>` when a finished run with the same settings is there."""
+def train(method: str, settings: dict, data: Path, sft: str, out: Path, rows: int, pairs: Path | None = None) -> dict:
+    """Trains one method, or reuses `<out>/<method>` when a finished run with the same settings is there.
+
+    With `pairs` (a preference file, e.g. from `alignkit data sample-pairs`) every method trains on it;
+    KTO through `from_preference` (each pair gives one desirable and one undesirable row).
+    """
     finished = out / method / "summary.json"
     if finished.is_file():
         import yaml
@@ -78,8 +83,10 @@ def train(method: str, settings: dict, data: Path, sft: str, out: Path, rows: in
             return json.loads(finished.read_text())
     recipe = settings.pop("recipe")
     files = {"dpo": ("preference_train.jsonl", "preference_test.jsonl"), "kto": ("kto_train.jsonl", "kto_test.jsonl")}[recipe]
-    config = {**LORA, **settings, "model": sft, "data": str(train_subset(data, files[0], rows, out)),
-              "eval_data": str(data / files[1]), "output_dir": str(out / method)}
+    train_file = train_subset(pairs.parent, pairs.name, rows, out) if pairs else train_subset(data, files[0], rows, out)
+    config = {**LORA, **settings, "model": sft, "data": str(train_file), "eval_data": str(data / files[1]), "output_dir": str(out / method)}
+    if pairs and recipe == "kto":  # pairs in, for training and for the held-out split alike
+        config.update(from_preference=True, eval_data=str(data / "preference_test.jsonl"))
     return (dpo if recipe == "dpo" else kto)(config)
 
 
@@ -127,6 +134,8 @@ def main() -> None:
     parser.add_argument("--rpo-alpha", type=float, help="NLL weight on the chosen answer for the pairwise methods (RPO)")
     parser.add_argument("--kto-steps", type=int, help="KTO's steps, when it should differ from --steps")
     parser.add_argument("--train-rows", type=int, default=800, help="training rows drawn from each train file (0: all)")
+    parser.add_argument("--pairs", help="train every method on this preference file instead of hhh-mini's own pairs "
+                                        "(e.g. on-policy pairs from `alignkit data sample-pairs`)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("transformers", "accelerate", "peft", "httpx"):
@@ -164,7 +173,7 @@ def main() -> None:
         described = f"beta={settings['beta']}, lr={settings['learning_rate']:g}, {settings['max_steps']} steps x {LORA['batch_size']}"
         described += f", rpo_alpha={settings['rpo_alpha']}" if settings.get("rpo_alpha") else ""
         started = time.time()
-        summary = train(method, dict(settings), data, args.sft, out, args.train_rows)
+        summary = train(method, dict(settings), data, args.sft, out, args.train_rows, Path(args.pairs) if args.pairs else None)
 
         def method_row():
             model = load_causal_lm(summary["model"])

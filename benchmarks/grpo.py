@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/grpo.py --model tiny-llama --steps 2     # a quick smoke run
     .venv/bin/python benchmarks/grpo.py --gen-rounds 0 --rounds 3 --json runs/bench/grpo.json   # steps only, as run_all.py runs it
 
-1. Generation: the same left-padded batch (P prompts x G) sampled by
-   `alignkit.rl.rollout.generate` and by a bare `model.generate` with the same
-   sampling settings and seed (so both produce the same tokens), in alternating
-   rounds; tokens/s counts the generated tokens up to and including EOS.
+1. Generation: the same P prompts x G sampled by `alignkit.rl.rollout.generate` (its own
+   sampler: one prefill per prompt, finished rows dropped, inverse-CDF draws) and by a
+   bare `model.generate` on the left-padded P x G batch, with the same sampling settings
+   and seed, in alternating rounds. The two samplers draw from the same distribution but
+   consume the random stream differently, so the tokens differ; tokens/s counts the
+   generated tokens up to and including EOS.
 2. GRPO step: each side in its own process, same model (float32 weights, bf16
    autocast, LoRA on every linear layer of the blocks, dropout off), same hhh-mini
    prompts through the chat template, group size, max new tokens, beta 0.04 (k3 in
