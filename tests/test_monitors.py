@@ -134,11 +134,11 @@ def test_alarm_fires_and_stops_an_over_optimized_grpo_run(tmp_path, write_jsonl,
     import alignkit.train
 
     train, held_out = _prompts(write_jsonl)
-    monitor = {"every": 2, "prompts": held_out, "gold": f"{__name__}:lowercase_words", "gold_drop": 0.1,
-               "stop_on_alarm": True, "patience": 1, "max_new_tokens": 8}
+    monitor = {"every": 2, "prompts": held_out, "gold": f"{__name__}:lowercase_words", "gold_drop": 0.15,
+               "stop_on_alarm": True, "patience": 2, "max_new_tokens": 8}  # two checks in a row: one noisy check is no alarm
     alignkit.train.grpo(model=tiny_path, data=train, reward_function=f"{__name__}:capitalized_words", kl_coef=0.0,
                         output_dir=str(tmp_path / "grpo"), mixed_precision="no", max_new_tokens=8, learning_rate=3e-2,
-                        report_to=["jsonl"], batch_size=32, seed=0, max_steps=30, prompts_per_step=8, group_size=4,
+                        report_to=["jsonl"], batch_size=32, seed=0, max_steps=30, prompts_per_step=8, group_size=8,
                         monitor=monitor)
     state = json.loads((tmp_path / "grpo" / "monitor.json").read_text())
     checks = [json.loads(line) for line in (tmp_path / "grpo" / "monitor.jsonl").read_text().splitlines()]

@@ -1,11 +1,16 @@
-"""Batched answering: prompts through the chat template, left-padded, KV-cached `generate`."""
+"""Batched answering: prompts through the chat template, then the KV-cached sampler of `models/sampling.py`.
+
+The sampler is greedy-identical to `generate`; it drops a row from the batch once it
+has answered, so a batch costs its answers' tokens rather than the longest one times
+the batch size.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from alignkit.data.collate import pad_sequences
 from alignkit.data.tokenize import encode_prompt
+from alignkit.models.sampling import sample
 
 
 @torch.no_grad()
@@ -27,14 +32,10 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, mininterval=2):
         idx = order[start:start + batch_size]
-        ids = pad_sequences([encoded[i] for i in idx], tokenizer.pad_token_id, side="left").to(device)
-        attention = pad_sequences([[1] * len(encoded[i]) for i in idx], 0, side="left").to(device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 top_k=None, **sampling)
-        for row, i in enumerate(idx):
-            answers[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True).strip()
+            responses, _ = sample(model, [encoded[i] for i in idx], 1, max_new_tokens, temperature if do_sample else 0.0,
+                                  top_p, {tokenizer.eos_token_id}, tokenizer.pad_token_id)
+        for tokens, i in zip(responses, idx):
+            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     model.train(was_training)
     return answers

@@ -85,7 +85,7 @@ def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows:
                     generator=None) -> tuple[Rollout, dict]:
     """Samples G responses per prompt, scores them, and computes advantages; returns the rollout and its metrics.
 
-    `generator` (optional) replaces HF generate, e.g. a `VLLMGenerator`; it takes the
+    `generator` (optional) replaces `rl.rollout.generate`, e.g. a `VLLMGenerator`; it takes the
     same arguments as `rl.rollout.generate` minus the model.
     """
     sample = dict(group_size=config.group_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,

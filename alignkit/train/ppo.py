@@ -116,7 +116,7 @@ def unwrap_for_generation(model):
 
 
 def make_generator(config, tokenizer):
-    """None (HF generate on the policy) or a vLLM generator."""
+    """None (the built-in sampler on the policy, `rl.rollout.generate`) or a vLLM generator."""
     if config.generation_backend != "vllm":
         return None
     from alignkit.models.load import resolve_model_path
