@@ -22,6 +22,8 @@ from alignkit.errors import AlignkitError
 
 ROLES = ("system", "user", "assistant", "tool")
 KINDS = ("language_modeling", "prompt_completion", "prompt_only", "preference", "unpaired_preference")
+PROMPT_KINDS = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")  # kinds with a `prompt` column
+ANSWER_COLUMNS = ("completion", "chosen", "rejected", "label")  # the answers those kinds carry beside the prompt
 _TEXT_COLUMNS = {
     "language_modeling": ("text",),
     "prompt_completion": ("prompt", "completion"),

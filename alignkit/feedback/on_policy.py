@@ -23,12 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit")
-
-PROMPT_KINDS = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
-ANSWER_COLUMNS = ("completion", "chosen", "rejected", "label")
 
 
 @dataclass
@@ -55,16 +53,16 @@ def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, vali
         if ok[i].sum() < 2:
             report.ties += 1
             continue
-        group = grouped[i].masked_fill(~ok[i], float("nan"))
-        best, worst = int(torch.nan_to_num(group, nan=-float("inf")).argmax()), int(torch.nan_to_num(group, nan=float("inf")).argmin())
+        best = int(grouped[i].masked_fill(~ok[i], float("-inf")).argmax())  # invalid samples take no part
+        worst = int(grouped[i].masked_fill(~ok[i], float("inf")).argmin())
         chosen, rejected = responses[i * samples + best], responses[i * samples + worst]
-        gap = float(group[best] - group[worst])
-        if gap < max(min_gap, 1e-12) or chosen == rejected:
+        high, low = float(grouped[i, best]), float(grouped[i, worst])
+        if high - low < max(min_gap, 1e-12) or chosen == rejected:
             report.ties += 1
             continue
         extra = {k: v for k, v in row.items() if k not in ANSWER_COLUMNS and k != "prompt"}
-        pairs.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "strength": round(gap, 6),
-                      "chosen_score": round(float(group[best]), 6), "rejected_score": round(float(group[worst]), 6), **extra})
+        pairs.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "strength": round(high - low, 6),
+                      "chosen_score": round(high, 6), "rejected_score": round(low, 6), **extra})
     report.pairs = len(pairs)
     if pairs:
         report.chosen_score = sum(p["chosen_score"] for p in pairs) / len(pairs)
@@ -84,6 +82,7 @@ def sample_pairs(model, tokenizer, rows: list[dict], rewards, samples: int = 4, 
     """
     from tqdm.auto import tqdm
 
+    from alignkit.rl.experience import prompt_columns
     from alignkit.rl.rollout import encode_prompts, generate
 
     if samples < 2:
@@ -93,15 +92,15 @@ def sample_pairs(model, tokenizer, rows: list[dict], rewards, samples: int = 4, 
     ids, kept, encode_report = encode_prompts(tokenizer, [r["prompt"] for r in rows], max_prompt_length, "drop")
     if encode_report.dropped:
         log.info(encode_report.summary("prompts"))
-    rows = [rows[i] for i in kept]
+    rows = [{k: v for k, v in rows[i].items() if k not in ANSWER_COLUMNS} for i in kept]  # the row's own answers are no input
     per_chunk = max(1, batch_size // samples)
     responses, scores, valid = [], [], []
     for start in tqdm(range(0, len(rows), per_chunk), desc="sample pairs", disable=not progress, mininterval=2):
         chunk = rows[start:start + per_chunk]
         rollout = generate(model, tokenizer, ids[start:start + per_chunk], group_size=samples, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, bf16=bf16)
-        columns = {k: [chunk[i].get(k) for i in rollout.prompt_index] for k in sorted({k for r in chunk for k in r} - {"prompt", *ANSWER_COLUMNS})}
-        result = rewards([chunk[i]["prompt"] for i in rollout.prompt_index], rollout.responses, columns, update_stats=False)
+        result = rewards([chunk[i]["prompt"] for i in rollout.prompt_index], rollout.responses,
+                         prompt_columns(chunk, rollout.prompt_index), update_stats=False)
         responses += rollout.responses
         scores.append(result.raw)
         valid.append(result.valid & (rollout.finished | keep_truncated))

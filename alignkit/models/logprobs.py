@@ -56,15 +56,17 @@ def shared_prompt_hidden_states(model, input_ids, attention_mask, position_ids, 
     expect one forward per backward, nor with activation checkpointing, which drops the cache.
     """
     base = unwrap(model)
-    if model is not base and (hasattr(model, "module") or is_sharded(model)) or getattr(base, "is_activation_checkpointing", False):
+    if hasattr(model, "module") or is_sharded(model) or getattr(base, "is_activation_checkpointing", False):
         return None
     prompt_columns = prompt_mask.bool().any(0).nonzero()
     if len(prompt_columns) == 0:
         return None
     width = int(prompt_columns[-1]) + 1
+    if width == input_ids.shape[1]:  # no response columns
+        return None
     keys = torch.where(prompt_mask[:, :width].bool(), input_ids[:, :width], -1)  # (B, width)
     distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)  # (U, width), (B,)
-    if len(distinct) == len(keys) or width == input_ids.shape[1]:
+    if len(distinct) == len(keys):
         return None
     rows = torch.arange(len(keys), device=keys.device)
     first = torch.full((len(distinct),), len(keys), device=keys.device).scatter_reduce(0, inverse, rows, "amin")  # (U,)

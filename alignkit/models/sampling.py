@@ -22,6 +22,11 @@ from transformers import DynamicCache
 from alignkit.data.collate import pad_sequences
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) positions counting only attended tokens, 0 on padding: what `generate` uses."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
     """(B,) one token per row of (B, V) logits: argmax at temperature 0, else a sample of softmax(logits / temperature).
 
@@ -57,7 +62,7 @@ def sample(model, prompt_ids: list[list[int]], group_size: int = 1, max_new_toke
     eos = torch.tensor(sorted(eos_ids or ()), dtype=torch.long, device=device)
     ids = pad_sequences(prompt_ids, pad_id, side="left").to(device)  # (P, L)
     attention = pad_sequences([[1] * len(p) for p in prompt_ids], 0, side="left").to(device)  # (P, L)
-    positions = (attention.cumsum(-1) - 1).clamp_(min=0)  # (P, L) as `generate` numbers them
+    positions = position_ids_from_mask(attention)  # (P, L)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]  # (P, V)

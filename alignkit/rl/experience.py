@@ -64,7 +64,7 @@ def old_logps_and_values(policy, value_model, rollout: Rollout, batch_size: int,
     return logps, values
 
 
-def _columns(rows: list[dict], prompt_index: list[int]) -> dict[str, list]:
+def prompt_columns(rows: list[dict], prompt_index: list[int]) -> dict[str, list]:
     """The prompt rows' other columns, one value per response."""
     names = sorted({k for row in rows for k in row} - {"prompt"})
     return {name: [rows[i].get(name) for i in prompt_index] for name in names}
@@ -95,7 +95,7 @@ def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows:
 
     # rewards: the sources, then the length-limit policy
     prompts = [prompt_rows[i]["prompt"] for i in rollout.prompt_index]
-    result = rewards(prompts, rollout.responses, _columns(prompt_rows, rollout.prompt_index))
+    result = rewards(prompts, rollout.responses, prompt_columns(prompt_rows, rollout.prompt_index))
     scores = result.normalized - config.missing_eos_penalty * (~rollout.finished).float()
     valid = result.valid & (rollout.finished | (not config.mask_truncated_completions))
     metrics.update(result.metrics())

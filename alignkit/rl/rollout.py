@@ -26,7 +26,7 @@ from alignkit.data.collate import pad_sequences
 from alignkit.data.tokenize import TokenizeReport, encode_prompt
 from alignkit.errors import AlignkitError
 from alignkit.models.logprobs import token_logprobs
-from alignkit.models.sampling import sample
+from alignkit.models.sampling import position_ids_from_mask, sample
 
 
 @dataclass
@@ -89,11 +89,6 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int, mode: str =
 
 
 # ---------------------------------------------------------------- layout
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(N, T) positions counting only attended tokens, 0 on padding: what `generate` uses."""
-    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-
 
 def cut_at_eos(tokens: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
     """The response up to and including its first EOS, and whether it had one."""

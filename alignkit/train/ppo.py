@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignkit.config import PPOConfig, config_from_dict, save_config
-from alignkit.data.formats import load_dataset
+from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, load_dataset
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.monitors import build_monitor
 from alignkit.models.load import count_parameters, load_policy
@@ -48,8 +48,6 @@ from alignkit.train.loop import (
     BatchStream, MetricsLogger, NanGuard, build_optimizer, build_scheduler, log, make_accelerator, save_model, write_json,
 )
 
-PROMPT_KINDS = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
-
 
 # ---------------------------------------------------------------- setup helpers
 
@@ -61,8 +59,7 @@ def load_prompts(source: str, split: str, config, tokenizer, stage: str, limit: 
     log.info(report.summary(f"{source} ({fmt})"))
     if not kept:
         raise AlignkitError(f"{source}: no prompt fits max_prompt_length={config.max_prompt_length}; raise it or use truncation_mode: truncate")
-    columns = ("completion", "chosen", "rejected", "label")  # the answers of other formats are not reward inputs
-    return [{k: v for k, v in rows[i].items() if k not in columns} for i in kept], ids, report
+    return [{k: v for k, v in rows[i].items() if k not in ANSWER_COLUMNS} for i in kept], ids, report  # answers are not reward inputs
 
 
 def reward_specs(config) -> list[dict]:
