@@ -166,6 +166,29 @@ def test_reward_model_learns_held_out_preferences(reward_run):
     assert stats["std"] > 0 and stats["mean"] == pytest.approx(summary["normalization"]["mean"])
 
 
+def test_critic_from_the_reward_model_starts_on_the_policys_reward_scale(reward_run):
+    """PPO's critic from a reward model: where a response ends, its first value is the standardised score the policy gets."""
+    import types
+
+    from alignkit.models.reward import pad_right
+    from alignkit.rl.rewards import ModelReward
+    from alignkit.rl.value_model import build_value_model
+
+    root, _ = reward_run
+    args = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
+    critic = build_value_model("reward", args, policy=None, reward_model_path=str(root / "run"))
+    source = ModelReward(str(root / "run" / "model"), bf16=False)
+    rows = pairs(4, 7)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows[:2]] + [r["rejected"] for r in rows[2:]]
+    ids, mask = pad_right(source.model.encode(prompts, responses), source.model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = critic.state_values(ids, mask)  # (N, T)
+    last = mask.sum(-1) - 1
+    expected = torch.tensor(source(prompts, responses))
+    torch.testing.assert_close(values[torch.arange(len(ids)), last], expected, atol=1e-4, rtol=1e-4)
+    assert expected.std() > 0.5  # standardised scores, not raw ones (whose std is the model's own)
+
+
 def test_saved_reward_model_scores_the_same_in_plain_transformers(reward_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -7,6 +7,10 @@
 - `policy` / `reward`: a separate critic, a backbone plus a linear head, initialised
   from the policy's weights or from the reward model's (whose scalar head is the
   natural starting value, Ouyang et al. 2022). It costs a second forward and backward.
+  The policy sees a reward model's score standardised by the mean/std stored with it
+  (`rl.rewards.ModelReward`); a critic from that model applies the same affine map to
+  its head, so its first values are on the scale of the rewards (as OpenRLHF's critic
+  does with `normalize_reward`).
 
 V(s_t) for response token t is read from the hidden state at t - 1 (the state that
 also predicts token t), so values and log-probs share positions.
@@ -79,39 +83,60 @@ def logprobs_and_values(model, value_model, batch: dict, temperature: float = 1.
 class Critic(nn.Module):
     """A separate value model: transformer backbone + linear head, values at response positions."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, mean: float = 0.0, std: float = 1.0):
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def state_values(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        """(N, T) the head's (standardised) output at every position: a reward model's score where a sequence ends."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        per_state = self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1).float()
+        return (per_state - self.mean) / self.std
 
     def forward(self, batch: dict) -> torch.Tensor:
-        out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            position_ids=batch["position_ids"], use_cache=False)
-        per_state = self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1).float()  # (N, T)
+        per_state = self.state_values(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (N, T)
         values = torch.zeros_like(per_state)
         values[:, 1:] = per_state[:, :-1]  # V for token t comes from the state at t - 1
         return values * batch["response_mask"]
 
 
-def _first_model_dir(path: str) -> str:
-    """A model directory, or the first member of an ensemble directory."""
+def _critic_source(path: str) -> tuple[str, dict]:
+    """The model directory a critic starts from (a model, or an ensemble's first member) and the
+    (mean, std) that map its raw score to the standardised score `ModelReward` hands the policy.
+
+    An ensemble standardises its members' mean after shifting each member by its offset (its
+    mean minus the members' average, `RewardModel.load`); member 0's shift is folded in.
+    """
+    import json
+
     from alignkit.models.load import resolve_model_path
+    from alignkit.models.reward import ENSEMBLE_FILE, read_reward_stats
 
     resolved = Path(resolve_model_path(path))
+    if (resolved / ENSEMBLE_FILE).is_file():
+        spec = json.loads((resolved / ENSEMBLE_FILE).read_text())
+        means = [m["mean"] for m in spec["members"]]
+        stats = {"mean": spec["normalization"]["mean"] + means[0] - sum(means) / len(means), "std": spec["normalization"]["std"]}
+        return str(resolved / spec["members"][0]["path"]), stats
     if (resolved / "config.json").is_file() or (resolved / "adapter_config.json").is_file():
-        return str(resolved)
-    members = sorted(p for p in resolved.iterdir() if p.is_dir() and ((p / "config.json").is_file() or (p / "model" / "config.json").is_file()))
-    if not members:
-        raise AlignkitError(f"critic initialisation: {path} holds no model (no config.json, no ensemble members)")
-    return resolve_model_path(str(members[0]))
+        return str(resolved), (read_reward_stats(resolved) if (resolved / "config.json").is_file() else {})
+    raise AlignkitError(f"critic initialisation: {path} holds no model (no config.json, no {ENSEMBLE_FILE})")
 
 
-def load_critic(path: str, args, zero_head: bool) -> Critic:
-    """A critic from a causal LM or reward model directory; LoRA on its backbone when `args.lora_r` > 0."""
+def load_critic(path: str, args, zero_head: bool, standardize: bool = False) -> Critic:
+    """A critic from a causal LM or reward model directory; LoRA on its backbone when `args.lora_r` > 0.
+
+    `standardize`: map the head's output through the reward model's stored (mean, std), as
+    `ModelReward` maps its scores.
+    """
     from transformers import AutoModelForSequenceClassification
 
     from alignkit.models.load import add_lora, load_causal_lm
 
-    model = load_causal_lm(_first_model_dir(path), args.dtype, args.trust_remote_code,
+    directory, stats = _critic_source(path)
+    model = load_causal_lm(directory, args.dtype, args.trust_remote_code,
                            model_class=AutoModelForSequenceClassification, num_labels=1)
     model = unwrap(model)
     head = getattr(model, "score", None)
@@ -123,7 +148,8 @@ def load_critic(path: str, args, zero_head: bool) -> Critic:
     if args.lora_r > 0:
         backbone = add_lora(backbone, args.lora_r, args.lora_alpha, 0.0, args.target_modules, task_type="FEATURE_EXTRACTION")
     head.weight.requires_grad_(True)
-    return Critic(backbone, head)
+    stats = stats if standardize else {}
+    return Critic(backbone, head, stats.get("mean", 0.0), max(float(stats.get("std", 1.0)), 1e-8))
 
 
 def build_value_model(kind: str, args, policy, reward_model_path: str = ""):
@@ -137,5 +163,5 @@ def build_value_model(kind: str, args, policy, reward_model_path: str = ""):
     if kind == "reward":
         if not reward_model_path:
             raise AlignkitError("value_model: reward needs a reward model (reward_model: PATH)")
-        return load_critic(reward_model_path, args, zero_head=False)
+        return load_critic(reward_model_path, args, zero_head=False, standardize=True)
     raise AlignkitError(f"value_model must be head, policy, reward or none; got {kind!r}")
