@@ -320,6 +320,8 @@ class PPOConfig(TrainArgs):
     eval_data: str = option("", "Held-out prompts, answered greedily and scored at the start, every eval_every steps and at the end.")
     eval_rows: int = option(0, "Use only the first N held-out prompts (0: all).")
     eval_reward_function: str = option("", "An extra judge for evaluation only, module:function or hhh-mini-gold (logged as eval/gold).")
+    eval_samples: int = option(0, "Also score this many sampled answers per held-out prompt (rollout temperature and top-p; eval/sampled_*): "
+                                  "the expected reward the policy optimises, less noisy than one greedy answer.")
     learning_rate: float = option(1e-5, "Peak AdamW learning rate.")
     lr_scheduler: str = option("constant", "linear, cosine or constant (each after warmup).")
     warmup_ratio: float = option(0.0, "Fraction of optimizer steps spent warming up.")
@@ -397,6 +399,8 @@ class PPOConfig(TrainArgs):
         for key in ("prompts_per_step", "group_size", "max_prompt_length", "max_new_tokens", "ppo_epochs", "num_minibatches"):
             if getattr(self, key) < 1:
                 raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.eval_samples < 0:
+            raise AlignkitError(f"eval_samples must be 0 or more, got {self.eval_samples}")
         if self.advantage in NEEDS_GROUPS and self.group_size < 2:
             raise AlignkitError(f"advantage: {self.advantage} compares responses to the same prompt; set group_size to 2 or more")
         if self.num_minibatches > self.prompts_per_step * self.group_size:

@@ -99,6 +99,38 @@ def test_old_and_new_logprobs_agree_at_step_zero(tiny_path, tokenizer):
 
 # ---------------------------------------------------------------- rewards and their failures
 
+def test_sampled_evaluation_repeats_itself_and_leaves_training_randomness_alone(tiny_model, tokenizer, tmp_path):
+    """eval_samples: k sampled answers per prompt from the eval's own seeded stream, the same at every evaluation;
+    every answer and its scores are written out."""
+    from alignkit.config import PPOConfig
+    from alignkit.train.ppo import evaluate_policy
+
+    config = PPOConfig(model="tiny", reward_function="x:y", eval_samples=3, max_new_tokens=8, mixed_precision="no", seed=5)
+    rows = [{"prompt": p, "topic": t} for p, t in (("Tell me a story.", "a"), ("Name a colour.", "b"))]
+    seen = []
+
+    def judge(prompts, responses, **columns):
+        seen.append((list(prompts), list(responses), columns["topic"]))
+        return capitalized_words(prompts, responses)
+
+    rewards = Rewards([("caps", FunctionReward(judge), 1.0)])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = evaluate_policy(tiny_model, tokenizer, rows, rewards, None, config, str(tmp_path / "answers.jsonl"))
+    assert torch.equal(torch.get_rng_state(), before)  # training draws the same numbers with or without evaluation
+    second = evaluate_policy(tiny_model, tokenizer, rows, rewards, None, config)
+    assert first == second and {"eval/reward", "eval/sampled_reward", "eval/sampled_length"} <= set(first)
+    greedy, sampled = seen[0], seen[1]
+    assert sampled[0] == [p for p in ("Tell me a story.", "Name a colour.") for _ in range(3)]
+    assert sampled[2] == ["a", "a", "a", "b", "b", "b"]  # each sample keeps its row's columns
+    assert len(set(sampled[1][:3])) > 1  # sampled, not three copies of the greedy answer
+    assert first["eval/sampled_reward"] == pytest.approx(sum(capitalized_words(None, sampled[1])) / 6)
+    written = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [r["sample"] for r in written] == [None, None, 0, 1, 2, 0, 1, 2]
+    assert [r["answer"] for r in written] == greedy[1] + sampled[1]
+    assert [r["reward"] for r in written] == pytest.approx(capitalized_words(None, greedy[1] + sampled[1]))
+
+
 def test_function_reward_errors_speak_to_the_user():
     def raises(prompts, responses):
         raise KeyError("score")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from alignkit.config import PPOConfig, config_from_dict, save_config
 from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, load_dataset
+from alignkit.data.load import write_jsonl
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.monitors import build_monitor
 from alignkit.models.load import count_parameters, load_policy
@@ -90,20 +91,54 @@ def load_reference(config, accelerator):
 
 
 @torch.no_grad()
-def evaluate_policy(model, tokenizer, rows: list[dict], rewards, gold, config) -> dict:
-    """Greedy answers to held-out prompts, scored by the training reward (raw) and the optional gold judge."""
+def evaluate_policy(model, tokenizer, rows: list[dict], rewards, gold, config, answers_path: str | None = None) -> dict:
+    """Held-out prompts answered greedily (eval/*) and, with `eval_samples` > 0, sampled that many times each at the
+    rollout's temperature and top-p (eval/sampled_*): scored by the training reward (raw) and the optional gold judge.
+
+    The sampled answers draw from their own random stream, seeded by `config.seed` at every evaluation: training
+    draws the same numbers with or without evaluation, and the evaluations before and after share theirs.
+    `answers_path`: also write every answer and its scores there (JSON lines; `sample` is null for the greedy one).
+    """
+    prompts = [r["prompt"] for r in rows]
+    columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r} - {"prompt"})}
+    out, records = _score_answers(model, tokenizer, prompts, columns, rewards, gold, config, "eval/")
+    if config.eval_samples:
+        k = config.eval_samples
+        repeated = {key: [v for v in values for _ in range(k)] for key, values in columns.items()}
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            sampled, sampled_records = _score_answers(model, tokenizer, [p for p in prompts for _ in range(k)], repeated,
+                                                      rewards, gold, config, "eval/sampled_", do_sample=True)
+        out.update(sampled)
+        records += [{**r, "sample": i % k} for i, r in enumerate(sampled_records)]
+    if answers_path:
+        write_jsonl(records, answers_path)
+    return out
+
+
+def _score_answers(model, tokenizer, prompts, columns, rewards, gold, config, prefix: str, do_sample: bool = False):
+    """(metrics, one record per answer) for one answer per entry of `prompts`."""
     from alignkit.models.generation import generate_answers
 
-    prompts = [r["prompt"] for r in rows]
     answers = generate_answers(unwrap_for_generation(model), tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                               batch_size=max(config.batch_size, 16), bf16=config.mixed_precision == "bf16")
-    columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r} - {"prompt"})}
+                               batch_size=max(config.batch_size, 16), do_sample=do_sample, temperature=config.temperature,
+                               top_p=config.top_p, bf16=config.mixed_precision == "bf16")
     result = rewards(prompts, answers, columns, update_stats=False)
-    out = {"eval/reward": result.raw[result.valid].mean().item(),
-           "eval/length": sum(len(tokenizer(a)["input_ids"]) for a in answers) / len(answers)}
+    out = {f"{prefix}reward": result.raw[result.valid].mean().item(),
+           f"{prefix}length": sum(len(tokenizer(a)["input_ids"]) for a in answers) / len(answers)}
+    records = [{"prompt": p, "sample": None, "answer": a, "reward": r if ok else None}
+               for p, a, r, ok in zip(prompts, answers, result.raw.tolist(), result.valid.tolist())]
     if gold is not None:
-        out["eval/gold"] = sum(gold(prompts, answers, columns)) / len(answers)
-    return out
+        judged = gold(prompts, answers, columns)
+        out[f"{prefix}gold"] = sum(judged) / len(answers)
+        for record, value in zip(records, judged):
+            record["gold"] = value
+    return out, records
+
+
+def answers_file(config, accelerator, step: int) -> str | None:
+    """Where evaluation `step`'s answers go (the main process writes them): <output_dir>/eval_answers/step-N.jsonl."""
+    return f"{config.output_dir}/eval_answers/step-{step}.jsonl" if accelerator.is_main_process else None
 
 
 def unwrap_for_generation(model):
@@ -197,7 +232,7 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
              f"advantage {config.advantage}, KL {config.kl_estimator} in the {config.kl_in}, {n_trainable:,}/{n_total:,} trainable parameters")
 
     if first_eval is None:  # a resumed run has it from its checkpoint (and in metrics.jsonl)
-        first_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config) if eval_rows else {}
+        first_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config, answers_file(config, accelerator, 0)) if eval_rows else {}
         if first_eval:
             logger.log(0, first_eval)
             log.info("before: " + ", ".join(f"{k} {v:.3f}" for k, v in first_eval.items()))
@@ -217,7 +252,7 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
         metrics.update({"epoch": stream.fractional_epoch, "time/step_s": time.perf_counter() - step_started,
                         "time/generation_s": rollout.generation_seconds, "nan_skipped": nan_guard.skipped})
         if eval_rows and config.eval_every and step % config.eval_every == 0 and step != steps:
-            metrics.update(evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config))
+            metrics.update(evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config, answers_file(config, accelerator, step)))
         metrics.update(monitor.after_step(step, policy, rollout, [rows[i] for i in indices]))
         if step % config.logging_every == 0 or step == steps or monitor.stop:
             logger.log(step, metrics)
@@ -230,7 +265,7 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
         if monitor.stop:
             break
 
-    final_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config) if eval_rows else {}
+    final_eval = evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config, answers_file(config, accelerator, steps)) if eval_rows else {}
     if final_eval:
         logger.log(steps, final_eval)
     logger.close()
@@ -260,7 +295,7 @@ def summarize(stage, config, saved, steps, rows, report, history, first_eval, fi
         "stage": stage, "model": str(saved), "steps": steps, "prompts": len(rows), "data": report.as_dict(),
         "advantage": config.advantage, "first_reward": mean("reward", history[:window]), "final_reward": mean("reward", history[-window:]),
         "final_kl": mean("kl/ref", history[-window:]), "final_kl_coef": history[-1].get("kl/coef"),
-        "before": first_eval, "after": final_eval,
+        "before": first_eval, "after": final_eval, "eval_samples": config.eval_samples,
         "generation_tokens_per_s": mean("throughput/generation_tokens_per_s", history),
         "train_tokens_per_s": mean("throughput/train_tokens_per_s", history), "seconds": seconds,
     }
@@ -273,7 +308,8 @@ def format_summary(summary: dict) -> str:
              f"KL to reference {summary['final_kl']:.3f} nats/response",
              f"  generation {summary['generation_tokens_per_s']:.0f} tokens/s, training {summary['train_tokens_per_s']:.0f} tokens/s"]
     for key in summary["after"]:
-        lines.append(f"  {key}: {summary['before'].get(key, float('nan')):.3f} -> {summary['after'][key]:.3f} (held-out, greedy)")
+        how = f"{summary['eval_samples']} samples per prompt" if key.startswith("eval/sampled_") else "greedy"
+        lines.append(f"  {key}: {summary['before'].get(key, float('nan')):.3f} -> {summary['after'][key]:.3f} (held-out, {how})")
     if summary.get("nan_skipped"):
         lines.append(f"  {summary['nan_skipped']} optimizer steps skipped for NaN/inf loss or gradients")
     lines.append(f"  model saved to {summary['model']}")
