@@ -53,3 +53,29 @@ def test_a_partial_run_keeps_the_other_stages_of_the_same_model(tmp_path):
     kept = run_all.earlier_results(path, "m", skip=["dpo"])
     assert list(kept) == ["sft"] and kept["sft"]["carried"]
     assert run_all.earlier_results(path, "other-model", skip=[]) == {}
+
+
+def test_online_rl_table_pairs_prompts_and_pools_seeds_per_prompt(tmp_path):
+    import json
+
+    from benchmarks import online_rl_table
+
+    def run(name, before, after):  # {prompt: (greedy gold, [sampled golds])} at step 0 and step 2
+        folder = tmp_path / name
+        (folder / "eval_answers").mkdir(parents=True)
+        for step, answers in ((0, before), (2, after)):
+            rows = [{"prompt": p, "sample": None, "gold": g, "reward": 0.0} for p, (g, _) in answers.items()]
+            rows += [{"prompt": p, "sample": i, "gold": v, "reward": 1.0 + step} for p, (_, s) in answers.items() for i, v in enumerate(s)]
+            (folder / "eval_answers" / f"step-{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "summary.json").write_text(json.dumps({"steps": 2, "final_kl": 0.5, "seconds": 10.0}))
+        return folder
+
+    a = run("a", {"p": (1.0, [0.0, 1.0]), "q": (0.0, [0.0, 0.0])}, {"p": (1.0, [1.0, 1.0]), "q": (1.0, [0.0, 1.0])})
+    b = run("b", {"p": (0.0, [1.0, 1.0]), "q": (0.0, [1.0, 1.0])}, {"p": (0.0, [1.0, 1.0]), "q": (0.0, [0.0, 1.0])})
+    one = online_rl_table.row("ppo", "0", [a])
+    assert (one["greedy"]["before"], one["greedy"]["after"]) == (0.5, 1.0)
+    assert (one["sampled"]["before"], one["sampled"]["after"], one["sampled"]["delta"]) == (0.25, 0.75, 0.5)
+    assert one["rm"]["delta"] == 2.0 and one["sampled"]["low"] <= 0.5 <= one["sampled"]["high"]
+    pooled = online_rl_table.row("ppo", "mean", [a, b])  # per-prompt changes: p (+0.5, 0), q (+0.5, -0.5)
+    assert pooled["sampled"]["delta"] == 0.125 and pooled["kl"] == 0.5
+    assert "| PPO | mean | 0.250 -> 0.500 | 0.625 -> 0.750 | +0.125" in online_rl_table.table([pooled])

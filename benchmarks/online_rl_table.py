@@ -1,0 +1,124 @@
+"""PPO and GRPO from the demo SFT model on hhh-mini, judged by the gold rubric on the test prompts: one table.
+
+    .venv/bin/python benchmarks/online_rl_table.py --train --seeds 0 1 --out runs/online_rl   # after `alignkit demo`
+                                                                                               # and the reward model
+    .venv/bin/python benchmarks/online_rl_table.py --out runs/online_rl                       # tabulate finished runs
+
+`--train` runs, for each seed and each of `configs/ppo.yaml` and `configs/grpo.yaml` whose
+run is not already finished, `alignkit ppo|grpo --config configs/<method>.yaml --seed S
+--output_dir <out>/<method>-s<S>`. The table then reads each run's `summary.json` and the
+answers its first and last evaluations wrote (`eval_answers/step-0.jsonl`, `step-N.jsonl`):
+
+- gold (greedy): mean gold reward of one greedy answer per test prompt, before -> after;
+- gold (sampled): mean gold reward of `eval_samples` answers per test prompt drawn at the
+  rollout temperature (the expected reward the policy optimises), before -> after, and the
+  95% paired bootstrap interval of the change (per-prompt means, resampling prompts);
+- RM (sampled): the same answers scored by the training reward model (raw);
+- KL: the run's `kl/ref` over its last steps (nats per response, k1 on the rollouts).
+
+With several seeds a `mean` row averages each prompt's change over the seeds before the
+bootstrap (and averages KL and seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alignkit.evaluate.winrate import bootstrap_ci  # noqa: E402
+
+METHODS = ("ppo", "grpo")
+
+
+def per_prompt(path: Path, key: str, sampled: bool) -> dict[str, float]:
+    """Mean `key` per prompt over the greedy answer (sampled=False) or the sampled ones."""
+    values = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if (row["sample"] is not None) == sampled and row.get(key) is not None:
+            values[json.dumps(row["prompt"])].append(row[key])
+    return {prompt: float(np.mean(v)) for prompt, v in values.items()}
+
+
+def change(runs: list[tuple[Path, int]], key: str, sampled: bool) -> dict:
+    """Before, after, and the paired per-prompt change of `key` with its bootstrap interval.
+
+    `runs` are (run folder, last step); with several (seeds) each prompt's change is averaged over them first.
+    """
+    befores, afters = [], []
+    for run, steps in runs:
+        befores.append(per_prompt(run / "eval_answers" / "step-0.jsonl", key, sampled))
+        afters.append(per_prompt(run / "eval_answers" / f"step-{steps}.jsonl", key, sampled))
+    shared = sorted(set.intersection(*(set(d) for d in befores + afters)))
+    before = np.array([[b[p] for p in shared] for b in befores]).mean(0)  # (prompts,)
+    after = np.array([[a[p] for p in shared] for a in afters]).mean(0)
+    diffs = after - before
+    low, high = bootstrap_ci(diffs)
+    return {"before": float(before.mean()), "after": float(after.mean()), "delta": float(diffs.mean()), "low": low, "high": high}
+
+
+def row(method: str, seeds: str, runs: list[Path]) -> dict:
+    """One table row: a run, or several seeds' runs pooled per prompt."""
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    steps = [(run, summary["steps"]) for run, summary in zip(runs, summaries)]
+    return {"method": method, "seed": seeds, "kl": np.mean([s["final_kl"] for s in summaries]),
+            "seconds": np.mean([s["seconds"] for s in summaries]),
+            "greedy": change(steps, "gold", sampled=False), "sampled": change(steps, "gold", sampled=True),
+            "rm": change(steps, "reward", sampled=True)}
+
+
+def train(method: str, seed: int, run: Path) -> None:
+    if (run / "summary.json").is_file():
+        return
+    command = ["alignkit", method, "--config", f"configs/{method}.yaml", "--seed", str(seed), "--output_dir", str(run)]
+    print("$", " ".join(command), flush=True)
+    subprocess.run([str(Path(sys.executable).with_name("alignkit")), *command[1:]], check=True)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | seed | gold, greedy | gold, sampled | change, 95% CI | RM, sampled | KL (nats) | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, s, m = r["greedy"], r["sampled"], r["rm"]
+        lines.append(f"| {r['method'].upper()} | {r['seed']} | {g['before']:.3f} -> {g['after']:.3f} | "
+                     f"{s['before']:.3f} -> {s['after']:.3f} | {s['delta']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] | "
+                     f"{m['before']:.3f} -> {m['after']:.3f} | {r['kl']:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/online_rl", help="One run folder per method and seed: <out>/<method>-s<seed>.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--train", action="store_true", help="Run the missing trainings first.")
+    args = parser.parse_args()
+    rows = []
+    for method in args.methods:
+        runs = []
+        for seed in args.seeds:
+            run = Path(args.out) / f"{method}-s{seed}"
+            if args.train:
+                train(method, seed, run)
+            if not (run / "summary.json").is_file():
+                sys.exit(f"{run}: no finished run (summary.json); run with --train")
+            rows.append(row(method, str(seed), [run]))
+            runs.append(run)
+        if len(runs) > 1:
+            rows.append(row(method, "mean", runs))
+    report = table(rows)
+    print(report)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "table.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
