@@ -311,6 +311,25 @@ def test_ensemble_directory_layout(ensemble_run):
         assert AutoModelForSequenceClassification.from_pretrained(root / "run" / member["path"]).config.num_labels == 1
 
 
+def test_critic_from_an_ensemble_starts_from_member_0_on_the_ensembles_scale(ensemble_run):
+    import types
+
+    from alignkit.models.reward import RewardModel, pad_right
+    from alignkit.rl.value_model import build_value_model
+
+    root, _ = ensemble_run
+    args = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
+    critic = build_value_model("reward", args, policy=None, reward_model_path=str(root / "run"))
+    ensemble = RewardModel.load(str(root / "run"), bf16=False)
+    rows = pairs(3, 9)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    ids, mask = pad_right(ensemble.encode(prompts, responses), ensemble.tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = critic.state_values(ids, mask)[torch.arange(len(ids)), mask.sum(-1) - 1]
+    member_0 = ensemble.normalize(ensemble.score(prompts, responses).members[0])  # offset-aligned, then standardised
+    torch.testing.assert_close(values, member_0, atol=1e-4, rtol=1e-4)
+
+
 def test_ensemble_is_less_certain_about_unfamiliar_responses(ensemble_run):
     from alignkit.models.reward import RewardModel
 

@@ -114,15 +114,14 @@ def _critic_source(path: str) -> tuple[str, dict]:
     from alignkit.models.load import resolve_model_path
     from alignkit.models.reward import ENSEMBLE_FILE, read_reward_stats
 
-    resolved = Path(resolve_model_path(path))
-    if (resolved / ENSEMBLE_FILE).is_file():
-        spec = json.loads((resolved / ENSEMBLE_FILE).read_text())
+    root = Path(path).expanduser()
+    if (root / ENSEMBLE_FILE).is_file():
+        spec = json.loads((root / ENSEMBLE_FILE).read_text())
         means = [m["mean"] for m in spec["members"]]
         stats = {"mean": spec["normalization"]["mean"] + means[0] - sum(means) / len(means), "std": spec["normalization"]["std"]}
-        return str(resolved / spec["members"][0]["path"]), stats
-    if (resolved / "config.json").is_file() or (resolved / "adapter_config.json").is_file():
-        return str(resolved), (read_reward_stats(resolved) if (resolved / "config.json").is_file() else {})
-    raise AlignkitError(f"critic initialisation: {path} holds no model (no config.json, no {ENSEMBLE_FILE})")
+        return resolve_model_path(str(root / spec["members"][0]["path"])), stats
+    resolved = Path(resolve_model_path(path))
+    return str(resolved), (read_reward_stats(resolved) if (resolved / "config.json").is_file() else {})
 
 
 def load_critic(path: str, args, zero_head: bool, standardize: bool = False) -> Critic:
