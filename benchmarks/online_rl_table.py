@@ -78,9 +78,10 @@ def row(method: str, seeds: str, runs: list[Path]) -> dict:
 def train(method: str, seed: int, run: Path) -> None:
     if (run / "summary.json").is_file():
         return
-    command = ["alignkit", method, "--config", f"configs/{method}.yaml", "--seed", str(seed), "--output_dir", str(run)]
+    command = [str(Path(sys.executable).with_name("alignkit")), method, "--config", f"configs/{method}.yaml",
+               "--seed", str(seed), "--output_dir", str(run)]
     print("$", " ".join(command), flush=True)
-    subprocess.run([str(Path(sys.executable).with_name("alignkit")), *command[1:]], check=True)
+    subprocess.run(command, check=True)
 
 
 def table(rows: list[dict]) -> str:

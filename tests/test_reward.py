@@ -16,6 +16,7 @@ from alignkit.losses.reward import accuracy_by_strength, bradley_terry_loss, pai
 from alignkit.train import reward
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, so -log sigmoid(ln 3) = ln(4/3) and -log sigmoid(-ln 3) = ln 4
+CRITIC_ARGS = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
 TOPICS = ["cats", "the moon", "rivers", "bread", "trains", "music", "snow", "chess", "apples", "clouds", "tea", "maps"]
 
 
@@ -168,15 +169,12 @@ def test_reward_model_learns_held_out_preferences(reward_run):
 
 def test_critic_from_the_reward_model_starts_on_the_policys_reward_scale(reward_run):
     """PPO's critic from a reward model: where a response ends, its first value is the standardised score the policy gets."""
-    import types
-
     from alignkit.models.reward import pad_right
     from alignkit.rl.rewards import ModelReward
     from alignkit.rl.value_model import build_value_model
 
     root, _ = reward_run
-    args = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
-    critic = build_value_model("reward", args, policy=None, reward_model_path=str(root / "run"))
+    critic = build_value_model("reward", CRITIC_ARGS, policy=None, reward_model_path=str(root / "run"))
     source = ModelReward(str(root / "run" / "model"), bf16=False)
     rows = pairs(4, 7)
     prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows[:2]] + [r["rejected"] for r in rows[2:]]
@@ -312,14 +310,11 @@ def test_ensemble_directory_layout(ensemble_run):
 
 
 def test_critic_from_an_ensemble_starts_from_member_0_on_the_ensembles_scale(ensemble_run):
-    import types
-
     from alignkit.models.reward import RewardModel, pad_right
     from alignkit.rl.value_model import build_value_model
 
     root, _ = ensemble_run
-    args = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
-    critic = build_value_model("reward", args, policy=None, reward_model_path=str(root / "run"))
+    critic = build_value_model("reward", CRITIC_ARGS, policy=None, reward_model_path=str(root / "run"))
     ensemble = RewardModel.load(str(root / "run"), bf16=False)
     rows = pairs(3, 9)
     prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]

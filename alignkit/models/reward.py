@@ -161,6 +161,18 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 # ---------------------------------------------------------------- saving
 
+def ensemble_layout(path: str | Path) -> tuple[list[str], list[float], float, dict] | None:
+    """An ensemble directory's member folders, per-member offsets (its mean minus the members' average,
+    subtracted from its raw score), default conservative k and shared normalisation; None if `path` is no ensemble."""
+    root = Path(path).expanduser()
+    if not (root / ENSEMBLE_FILE).is_file():
+        return None
+    spec = json.loads((root / ENSEMBLE_FILE).read_text())
+    means = [m["mean"] for m in spec["members"]]
+    offsets = [mean - sum(means) / len(means) for mean in means]
+    return [str(root / m["path"]) for m in spec["members"]], offsets, spec.get("k", 1.0), spec["normalization"]
+
+
 def read_reward_stats(path: str | Path) -> dict:
     config = json.loads(Path(path, "config.json").read_text())
     return config.get(CONFIG_KEY) or {}
@@ -201,13 +213,9 @@ class RewardModel:
         """A reward-model directory, a reward run directory (its `model/`), or an ensemble directory."""
         from transformers import AutoModelForSequenceClassification
 
-        root = Path(path)
-        if (root / ENSEMBLE_FILE).is_file():
-            spec = json.loads((root / ENSEMBLE_FILE).read_text())
-            dirs = [str(root / m["path"]) for m in spec["members"]]
-            means = [m["mean"] for m in spec["members"]]
-            offsets = [mean - sum(means) / len(means) for mean in means]
-            normalization, k = spec["normalization"], spec.get("k", 1.0)
+        layout = ensemble_layout(path)
+        if layout is not None:
+            dirs, offsets, k, normalization = layout
         else:
             dirs, offsets, k, normalization = [resolve_model_path(str(path))], [0.0], 1.0, None
         if dtype not in DTYPES:

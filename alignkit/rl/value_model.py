@@ -104,22 +104,15 @@ class Critic(nn.Module):
 
 def _critic_source(path: str) -> tuple[str, dict]:
     """The model directory a critic starts from (a model, or an ensemble's first member) and the
-    (mean, std) that map its raw score to the standardised score `ModelReward` hands the policy.
-
-    An ensemble standardises its members' mean after shifting each member by its offset (its
-    mean minus the members' average, `RewardModel.load`); member 0's shift is folded in.
-    """
-    import json
-
+    (mean, std) that map its raw score to the standardised score `ModelReward` hands the policy
+    (for an ensemble, member 0's offset folded into the shared mean)."""
     from alignkit.models.load import resolve_model_path
-    from alignkit.models.reward import ENSEMBLE_FILE, read_reward_stats
+    from alignkit.models.reward import ensemble_layout, read_reward_stats
 
-    root = Path(path).expanduser()
-    if (root / ENSEMBLE_FILE).is_file():
-        spec = json.loads((root / ENSEMBLE_FILE).read_text())
-        means = [m["mean"] for m in spec["members"]]
-        stats = {"mean": spec["normalization"]["mean"] + means[0] - sum(means) / len(means), "std": spec["normalization"]["std"]}
-        return resolve_model_path(str(root / spec["members"][0]["path"])), stats
+    layout = ensemble_layout(path)
+    if layout is not None:
+        dirs, offsets, _, normalization = layout
+        return resolve_model_path(dirs[0]), {"mean": normalization["mean"] + offsets[0], "std": normalization["std"]}
     resolved = Path(resolve_model_path(path))
     return str(resolved), (read_reward_stats(resolved) if (resolved / "config.json").is_file() else {})
 
