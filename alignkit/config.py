@@ -368,6 +368,7 @@ class PPOConfig(TrainArgs):
     ent_coef: float = option(0.0, "Entropy bonus coefficient.")
     value_model: str = option("head", "gae's value model: head (on the policy backbone), policy (separate critic from the policy), reward (critic from the reward model).")
     vf_coef: float = option(0.1, "Value loss coefficient.")
+    value_learning_rate: float = option(0.0, "The value model's own learning rate (0: learning_rate). A head that starts at zero learns slowly at the policy's rate.")
     vf_clip: float = option(0.2, "Value clipping range (0 disables).")
     # KL to the reference
     reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy) or adapter (LoRA base, adapters off).")
@@ -401,6 +402,8 @@ class PPOConfig(TrainArgs):
                 raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.eval_samples < 0:
             raise AlignkitError(f"eval_samples must be 0 or more, got {self.eval_samples}")
+        if not 0 <= self.value_learning_rate < float("inf"):  # also refuses NaN
+            raise AlignkitError(f"value_learning_rate must be 0 (use learning_rate) or positive, got {self.value_learning_rate}")
         if self.advantage in NEEDS_GROUPS and self.group_size < 2:
             raise AlignkitError(f"advantage: {self.advantage} compares responses to the same prompt; set group_size to 2 or more")
         if self.num_minibatches > self.prompts_per_step * self.group_size:

@@ -342,3 +342,26 @@ def test_separate_critic_learns_and_target_kl_stops_early(tiny_path, tokenizer):
     stopped = policy_update(policy, critic, optimizer, scheduler, accelerator, rollout,
                             PPOConfig(**{**config.__dict__, "ppo_epochs": 4, "target_kl": 1e-12}), 0.05)
     assert stopped["policy/early_stopped"] == 1 and stopped["policy/optimizer_steps"] == 1
+
+
+def test_value_head_learns_at_its_own_rate(tiny_path):
+    """value_learning_rate gives the value head its own AdamW group: Adam's first step moves a parameter by its lr."""
+    from alignkit.config import PPOConfig, load_config
+    from alignkit.models.load import load_causal_lm
+    from alignkit.rl.value_model import ValueHead
+    from alignkit.train.loop import build_optimizer
+
+    config = PPOConfig(model=tiny_path, reward_function="x:y", learning_rate=1e-4, value_learning_rate=1e-2, weight_decay=0.0)
+    policy = load_causal_lm(tiny_path)
+    head = ValueHead(policy.config.hidden_size)
+    trainable = torch.nn.ModuleDict({"policy": policy, "value": head})
+    optimizer = build_optimizer(trainable, config, {"value": config.value_learning_rate})
+    before = {name: p.detach().clone() for name, p in trainable.named_parameters()}
+    hidden = policy(torch.tensor([[5, 6, 7]]), output_hidden_states=True).hidden_states[-1][0]
+    (head(hidden).sum() + hidden.sum()).backward()
+    optimizer.step()
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in trainable.named_parameters()}
+    assert moved["value.linear.bias"] == pytest.approx(1e-2, rel=1e-4)
+    assert max(v for k, v in moved.items() if k.startswith("policy.")) == pytest.approx(1e-4, rel=1e-3)
+    with pytest.raises(AlignkitError, match="value_learning_rate must be 0 .use learning_rate. or positive, got -0.001"):
+        load_config(PPOConfig, None, ["--model", tiny_path, "--reward_function", "x:y", "--value_learning_rate", "-1e-3"])

@@ -40,16 +40,24 @@ def make_accelerator(args):
     return accelerator
 
 
-def build_optimizer(model, args) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; biases and norm weights get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(model, args, learning_rates: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and norm weights get no weight decay.
+
+    `learning_rates` maps a child module's name (in `model.named_children()`) to its own
+    learning rate (PPO's value head); the rest use `args.learning_rate`.
+    """
+    groups: dict[tuple[float, bool], list] = {}
+    for lr in (args.learning_rate, *(learning_rates or {}).values()):
+        for decay in (True, False):
+            groups.setdefault((lr, decay), [])
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    if not decay and not no_decay:
+            lr = (learning_rates or {}).get(name.split(".", 1)[0], args.learning_rate)
+            groups[(lr, not (param.ndim < 2 or "norm" in name.lower()))].append(param)
+    if not any(groups.values()):
         raise AlignkitError("the model has no trainable parameters; check lora_r and target_modules")
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.adam_betas))
+    return torch.optim.AdamW([{"params": params, "lr": lr, "weight_decay": args.weight_decay if decay else 0.0}
+                              for (lr, decay), params in groups.items()], lr=args.learning_rate, betas=tuple(args.adam_betas))
 
 
 def build_scheduler(optimizer, args, total_steps: int):

@@ -205,7 +205,8 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
 
     steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(len(rows) * config.num_epochs / config.prompts_per_step))
     trainable = torch.nn.ModuleDict({"policy": policy, **({"value": value_model} if value_model is not None else {})})
-    optimizer = build_optimizer(trainable, config)
+    value_lr = {"value": config.value_learning_rate} if value_model is not None and config.value_learning_rate > 0 else None
+    optimizer = build_optimizer(trainable, config, value_lr)
     scheduler = build_scheduler(optimizer, config, steps * config.ppo_epochs * config.num_minibatches)
     if value_model is not None:
         policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
