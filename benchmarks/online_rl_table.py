@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/online_rl_table.py --train --seeds 0 1 --out runs/online_rl   # after `alignkit demo`
                                                                                                # and the reward model
     .venv/bin/python benchmarks/online_rl_table.py --out runs/online_rl                       # tabulate finished runs
+    .venv/bin/python benchmarks/online_rl_table.py --train --eval validation --out runs/val -- --group_size 4
+                                                                      # settings tried on validation prompts, not test
+
 
 `--train` runs, for each seed and each of `configs/ppo.yaml` and `configs/grpo.yaml` whose
 run is not already finished, `alignkit ppo|grpo --config configs/<method>.yaml --seed S
@@ -18,6 +21,12 @@ answers its first and last evaluations wrote (`eval_answers/step-0.jsonl`, `step
 
 With several seeds a `mean` row averages each prompt's change over the seeds before the
 bootstrap (and averages KL and seconds).
+
+`--eval validation` judges the runs on validation prompts instead of the test prompts, so
+that settings can be chosen without looking at test: hhh-mini prompts drawn with another
+seed (7), none of them in the demo's train or test prompts, with the test split's category
+counts where the task has enough prompts left (`<out>/validation_prompts.jsonl`). Arguments
+after `--` are passed to every `alignkit` run (a setting to try).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import argparse
 import json
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alignkit.evaluate.winrate import bootstrap_ci  # noqa: E402
 
 METHODS = ("ppo", "grpo")
+DEMO_DATA = Path("runs/demo/data")
+
+
+def validation_prompts(path: Path, data: Path = DEMO_DATA, seed: int = 7) -> Path:
+    """Writes hhh-mini prompts that are in neither of `data`'s prompt splits, stratified like its test split."""
+    from alignkit.data.tasks.hhh_mini import generate, prompt_rows
+
+    splits = [data / "prompts_train.jsonl", data / "prompts_test.jsonl"]
+    for split in splits:
+        if not split.is_file():
+            sys.exit(f"{split} is missing: run `alignkit demo` (or `alignkit data make hhh-mini --out {data}`) first")
+    seen = [json.loads(line) for split in splits for line in split.read_text().splitlines()]
+    used = {row["prompt"] for row in seen}
+    quota = Counter(json.loads(line)["category"] for line in splits[1].read_text().splitlines())
+    fresh = [row for row in prompt_rows(generate(seed, n_train=800, n_test=300)["test"]) if row["prompt"] not in used]
+    kept, taken = [], Counter()
+    for row in fresh:
+        if taken[row["category"]] < quota[row["category"]]:
+            kept.append(row)
+            taken[row["category"]] += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return path
 
 
 def per_prompt(path: Path, key: str, sampled: bool) -> dict[str, float]:
@@ -75,11 +107,11 @@ def row(method: str, seeds: str, runs: list[Path]) -> dict:
             "rm": change(steps, "reward", sampled=True)}
 
 
-def train(method: str, seed: int, run: Path) -> None:
+def train(method: str, seed: int, run: Path, extra: list[str]) -> None:
     if (run / "summary.json").is_file():
         return
     command = [str(Path(sys.executable).with_name("alignkit")), method, "--config", f"configs/{method}.yaml",
-               "--seed", str(seed), "--output_dir", str(run)]
+               "--seed", str(seed), "--output_dir", str(run), *extra]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
@@ -101,14 +133,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--train", action="store_true", help="Run the missing trainings first.")
+    parser.add_argument("--eval", choices=("test", "validation"), default="test",
+                        help="Judge on the demo's test prompts or on fresh validation prompts (for choosing settings).")
+    parser.add_argument("settings", nargs="*", help="After --: options passed to every alignkit run, e.g. -- --kl_coef 0.1")
     args = parser.parse_args()
+    extra = list(args.settings)
+    if args.eval == "validation":
+        extra += ["--eval_data", str(validation_prompts(Path(args.out) / "validation_prompts.jsonl"))]
     rows = []
     for method in args.methods:
         runs = []
         for seed in args.seeds:
             run = Path(args.out) / f"{method}-s{seed}"
             if args.train:
-                train(method, seed, run)
+                train(method, seed, run, extra)
             if not (run / "summary.json").is_file():
                 sys.exit(f"{run}: no finished run (summary.json); run with --train")
             rows.append(row(method, str(seed), [run]))

@@ -79,3 +79,22 @@ def test_online_rl_table_pairs_prompts_and_pools_seeds_per_prompt(tmp_path):
     pooled = online_rl_table.row("ppo", "mean", [a, b])  # per-prompt changes: p (+0.5, 0), q (+0.5, -0.5)
     assert pooled["sampled"]["delta"] == 0.125 and pooled["kl"] == 0.5
     assert "| PPO | mean | 0.250 -> 0.500 | 0.625 -> 0.750 | +0.125" in online_rl_table.table([pooled])
+
+
+def test_validation_prompts_are_new_and_stratified_like_test(tmp_path):
+    """The validation prompts for choosing RL settings share no prompt with the demo's splits and keep test's category mix."""
+    import json
+    from collections import Counter
+
+    from alignkit.data.tasks.hhh_mini import write_dataset
+    from benchmarks import online_rl_table
+
+    write_dataset(tmp_path / "data", seed=0)
+    path = online_rl_table.validation_prompts(tmp_path / "validation.jsonl", data=tmp_path / "data")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    demo = {json.loads(line)["prompt"] for split in ("train", "test") for line in (tmp_path / "data" / f"prompts_{split}.jsonl").open()}
+    test_mix = Counter(json.loads(line)["category"] for line in (tmp_path / "data" / "prompts_test.jsonl").open())
+    mix = Counter(row["category"] for row in rows)
+    assert len(rows) >= 90 and not demo & {row["prompt"] for row in rows}
+    assert set(mix) == set(test_mix) and all(mix[c] <= test_mix[c] for c in mix)
+    assert sum(mix[c] == test_mix[c] for c in mix) >= 3  # the task runs out of some categories, not of most
