@@ -35,3 +35,25 @@ def test_bad_values_are_named(tmp_path):
         load_config(SFTConfig, path)
     with pytest.raises(AlignkitError, match="does not exist"):
         load_config(SFTConfig, tmp_path / "missing.yaml")
+
+
+def test_every_shipped_config_loads_with_its_command():
+    """configs/*.yaml name their command on line 1; each must load and validate, so a shipped config never fails on start."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from alignkit.cli import STAGES
+    from alignkit.config import PipelineConfig
+    from alignkit.pipeline import stage_configs
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(shipped) >= 7
+    for path in shipped:
+        command = re.match(r"# alignkit (\w+)", path.read_text()).group(1)
+        if command == "pipeline":
+            assert set(stage_configs(load_config(PipelineConfig, path))) >= {"sft", "reward", "policy", "eval"}
+            continue
+        module, name = STAGES[command][0].split(":")
+        config = load_config(getattr(importlib.import_module(module), name), path)
+        assert config.output_dir, path
