@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/online_rl_table.py --train --seeds 0 1 --out runs/online_rl   # after `alignkit demo`
                                                                                                # and the reward model
     .venv/bin/python benchmarks/online_rl_table.py --out runs/online_rl                       # tabulate finished runs
+    .venv/bin/python benchmarks/online_rl_table.py --out runs/online_rl --seeds 0 1 2 --rescore 16    # 16 fresh samples
     .venv/bin/python benchmarks/online_rl_table.py --train --eval validation --out runs/val -- --group_size 4
                                                                       # settings tried on validation prompts, not test
 
@@ -22,6 +23,12 @@ answers its first and last evaluations wrote (`eval_answers/step-0.jsonl`, `step
 With several seeds a `mean` row averages each prompt's change over the seeds before the
 bootstrap (and averages KL and seconds).
 
+`--rescore K` judges again, after training, each run's final model and the model it started
+from with K sampled answers per prompt, all drawn from one seed (common random numbers):
+a tighter estimate than the runs' own `eval_samples` draws, whose "before" differs by seed.
+The answers go to `<out>/rescore-K/start-<settings hash>.jsonl` and `<out>/rescore-K/<method>-s<seed>.jsonl`,
+and the table compares those instead.
+
 `--eval validation` judges the runs on validation prompts instead of the test prompts, so
 that settings can be chosen without looking at test: hhh-mini prompts drawn with another
 seed (7), none of them in the demo's train or test prompts, with the test split's category
@@ -32,6 +39,8 @@ after `--` are passed to every `alignkit` run (a setting to try).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
 import json
 import subprocess
 import sys
@@ -80,15 +89,13 @@ def per_prompt(path: Path, key: str, sampled: bool) -> dict[str, float]:
     return {prompt: float(np.mean(v)) for prompt, v in values.items()}
 
 
-def change(runs: list[tuple[Path, int]], key: str, sampled: bool) -> dict:
+def change(pairs: list[tuple[Path, Path]], key: str, sampled: bool) -> dict:
     """Before, after, and the paired per-prompt change of `key` with its bootstrap interval.
 
-    `runs` are (run folder, last step); with several (seeds) each prompt's change is averaged over them first.
+    `pairs` are (answers before, answers after) files; with several (seeds) each prompt's change is averaged over them first.
     """
-    befores, afters = [], []
-    for run, steps in runs:
-        befores.append(per_prompt(run / "eval_answers" / "step-0.jsonl", key, sampled))
-        afters.append(per_prompt(run / "eval_answers" / f"step-{steps}.jsonl", key, sampled))
+    befores = [per_prompt(before, key, sampled) for before, _ in pairs]
+    afters = [per_prompt(after, key, sampled) for _, after in pairs]
     shared = sorted(set.intersection(*(set(d) for d in befores + afters)))
     before = np.array([[b[p] for p in shared] for b in befores]).mean(0)  # (prompts,)
     after = np.array([[a[p] for p in shared] for a in afters]).mean(0)
@@ -97,14 +104,56 @@ def change(runs: list[tuple[Path, int]], key: str, sampled: bool) -> dict:
     return {"before": float(before.mean()), "after": float(after.mean()), "delta": float(diffs.mean()), "low": low, "high": high}
 
 
-def row(method: str, seeds: str, runs: list[Path]) -> dict:
-    """One table row: a run, or several seeds' runs pooled per prompt."""
+def row(method: str, seeds: str, runs: list[Path], pairs: list[tuple[Path, Path]] | None = None) -> dict:
+    """One table row: a run, or several seeds' runs pooled per prompt.
+
+    `pairs`: the (before, after) answer files to compare; by default each run's first and last evaluation.
+    """
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
-    steps = [(run, summary["steps"]) for run, summary in zip(runs, summaries)]
+    if pairs is None:
+        pairs = [(run / "eval_answers" / "step-0.jsonl", run / "eval_answers" / f"step-{summary['steps']}.jsonl")
+                 for run, summary in zip(runs, summaries)]
     return {"method": method, "seed": seeds, "kl": np.mean([s["final_kl"] for s in summaries]),
             "seconds": np.mean([s["seconds"] for s in summaries]),
-            "greedy": change(steps, "gold", sampled=False), "sampled": change(steps, "gold", sampled=True),
-            "rm": change(steps, "reward", sampled=True)}
+            "greedy": change(pairs, "gold", sampled=False), "sampled": change(pairs, "gold", sampled=True),
+            "rm": change(pairs, "reward", sampled=True)}
+
+
+def judge(run: Path, method: str, model: str, samples: int, path: Path) -> Path:
+    """`model` answers `run`'s held-out prompts greedily and `samples` times sampled (seed 0), judged as in training."""
+    if path.is_file():
+        return path
+    from alignkit.cli import STAGES
+    from alignkit.config import load_config
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.rl.rewards import FunctionReward, build_rewards
+    from alignkit.train.ppo import evaluate_policy, load_prompts, reward_specs
+
+    module, name = STAGES[method][0].split(":")
+    config = load_config(getattr(importlib.import_module(module), name), run / "config.yaml",
+                         {"model": model, "eval_samples": samples, "seed": 0})
+    tokenizer, policy = load_tokenizer(model), load_causal_lm(model)
+    rows = load_prompts(config.eval_data, "test", config, tokenizer, "rescore", config.eval_rows)[0]
+    print(f"judging {model}: {len(rows)} prompts x {samples} samples", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")  # a killed run leaves no file that looks finished
+    evaluate_policy(policy, tokenizer, rows, build_rewards(reward_specs(config), False),
+                    FunctionReward(config.eval_reward_function), config, str(partial))
+    partial.replace(path)
+    return path
+
+
+def rescored(out: Path, method: str, runs: list[Path], samples: int) -> list[tuple[Path, Path]]:
+    """(start, final) answer files for each run, `samples` per prompt from one seed; the start model is judged once."""
+    from alignkit.config import read_yaml
+
+    configs = [read_yaml(run / "config.yaml") for run in runs]
+    shared = {tuple(c.get(k) for k in ("model", "eval_data", "temperature", "top_p", "max_new_tokens")) for c in configs}
+    if len(shared) != 1:
+        sys.exit("the runs differ in start model, prompts or sampling settings; rescore them separately")
+    folder = out / f"rescore-{samples}"
+    start = judge(runs[0], method, configs[0]["model"], samples, folder / f"start-{hashlib.sha1(repr(shared.pop()).encode()).hexdigest()[:8]}.jsonl")
+    return [(start, judge(run, method, str(run / "model"), samples, folder / f"{run.name}.jsonl")) for run in runs]
 
 
 def train(method: str, seed: int, run: Path, extra: list[str]) -> None:
@@ -135,6 +184,8 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="Run the missing trainings first.")
     parser.add_argument("--eval", choices=("test", "validation"), default="test",
                         help="Judge on the demo's test prompts or on fresh validation prompts (for choosing settings).")
+    parser.add_argument("--rescore", type=int, default=0, metavar="K",
+                        help="Judge each final model and the start model again with K samples per prompt from one seed.")
     parser.add_argument("settings", nargs="*", help="After --: options passed to every alignkit run, e.g. -- --kl_coef 0.1")
     args = parser.parse_args()
     extra = list(args.settings)
@@ -149,14 +200,16 @@ def main() -> None:
                 train(method, seed, run, extra)
             if not (run / "summary.json").is_file():
                 sys.exit(f"{run}: no finished run (summary.json); run with --train")
-            rows.append(row(method, str(seed), [run]))
             runs.append(run)
+        pairs = rescored(Path(args.out), method, runs, args.rescore) if args.rescore else None
+        for i, (seed, run) in enumerate(zip(args.seeds, runs)):
+            rows.append(row(method, str(seed), [run], pairs[i:i + 1] if pairs else None))
         if len(runs) > 1:
-            rows.append(row(method, "mean", runs))
+            rows.append(row(method, "mean", runs, pairs))
     report = table(rows)
     print(report)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.md").write_text(report + "\n")
+    (Path(args.out) / (f"table-rescore-{args.rescore}.md" if args.rescore else "table.md")).write_text(report + "\n")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def test_online_rl_table_pairs_prompts_and_pools_seeds_per_prompt(tmp_path):
     pooled = online_rl_table.row("ppo", "mean", [a, b])  # per-prompt changes: p (+0.5, 0), q (+0.5, -0.5)
     assert pooled["sampled"]["delta"] == 0.125 and pooled["kl"] == 0.5
     assert "| PPO | mean | 0.250 -> 0.500 | 0.625 -> 0.750 | +0.125" in online_rl_table.table([pooled])
+    # rescored: both runs compared against one shared "before" file (a's step 0) instead of their own
+    shared_start = [(a / "eval_answers" / "step-0.jsonl", run / "eval_answers" / "step-2.jsonl") for run in (a, b)]
+    rescored = online_rl_table.row("ppo", "mean", [a, b], shared_start)  # p (+0.5, +0.5), q (+0.5, +0.5)
+    assert (rescored["sampled"]["before"], rescored["sampled"]["delta"]) == (0.25, 0.5)
 
 
 def test_validation_prompts_are_new_and_stratified_like_test(tmp_path):
