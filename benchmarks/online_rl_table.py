@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import subprocess
 import sys
@@ -65,8 +64,7 @@ def validation_prompts(path: Path, data: Path = DEMO_DATA, seed: int = 7) -> Pat
     for split in splits:
         if not split.is_file():
             sys.exit(f"{split} is missing: run `alignkit demo` (or `alignkit data make hhh-mini --out {data}`) first")
-    seen = [json.loads(line) for split in splits for line in split.read_text().splitlines()]
-    used = {row["prompt"] for row in seen}
+    used = {json.loads(line)["prompt"] for split in splits for line in split.read_text().splitlines()}
     quota = Counter(json.loads(line)["category"] for line in splits[1].read_text().splitlines())
     fresh = [row for row in prompt_rows(generate(seed, n_train=800, n_test=300)["test"]) if row["prompt"] not in used]
     kept, taken = [], Counter()
@@ -123,15 +121,13 @@ def judge(run: Path, method: str, model: str, samples: int, path: Path) -> Path:
     """`model` answers `run`'s held-out prompts greedily and `samples` times sampled (seed 0), judged as in training."""
     if path.is_file():
         return path
-    from alignkit.cli import STAGES
+    from alignkit.cli import STAGES, _resolve
     from alignkit.config import load_config
     from alignkit.models.load import load_causal_lm, load_tokenizer
     from alignkit.rl.rewards import FunctionReward, build_rewards
     from alignkit.train.ppo import evaluate_policy, load_prompts, reward_specs
 
-    module, name = STAGES[method][0].split(":")
-    config = load_config(getattr(importlib.import_module(module), name), run / "config.yaml",
-                         {"model": model, "eval_samples": samples, "seed": 0})
+    config = load_config(_resolve(STAGES[method][0]), run / "config.yaml", {"model": model, "eval_samples": samples, "seed": 0})
     tokenizer, policy = load_tokenizer(model), load_causal_lm(model)
     rows = load_prompts(config.eval_data, "test", config, tokenizer, "rescore", config.eval_rows)[0]
     print(f"judging {model}: {len(rows)} prompts x {samples} samples", flush=True)
@@ -152,7 +148,8 @@ def rescored(out: Path, method: str, runs: list[Path], samples: int) -> list[tup
     if len(shared) != 1:
         sys.exit("the runs differ in start model, prompts or sampling settings; rescore them separately")
     folder = out / f"rescore-{samples}"
-    start = judge(runs[0], method, configs[0]["model"], samples, folder / f"start-{hashlib.sha1(repr(shared.pop()).encode()).hexdigest()[:8]}.jsonl")
+    settings = hashlib.sha1(repr(shared.pop()).encode()).hexdigest()[:8]  # PPO and GRPO runs with the same settings share it
+    start = judge(runs[0], method, configs[0]["model"], samples, folder / f"start-{settings}.jsonl")
     return [(start, judge(run, method, str(run / "model"), samples, folder / f"{run.name}.jsonl")) for run in runs]
 
 

@@ -39,11 +39,10 @@ def test_bad_values_are_named(tmp_path):
 
 def test_every_shipped_config_loads_with_its_command():
     """configs/*.yaml name their command on line 1; each must load and validate, so a shipped config never fails on start."""
-    import importlib
     import re
     from pathlib import Path
 
-    from alignkit.cli import STAGES
+    from alignkit.cli import STAGES, _resolve
     from alignkit.config import PipelineConfig
     from alignkit.pipeline import stage_configs
 
@@ -54,6 +53,5 @@ def test_every_shipped_config_loads_with_its_command():
         if command == "pipeline":
             assert set(stage_configs(load_config(PipelineConfig, path))) >= {"sft", "reward", "policy", "eval"}
             continue
-        module, name = STAGES[command][0].split(":")
-        config = load_config(getattr(importlib.import_module(module), name), path)
+        config = load_config(_resolve(STAGES[command][0]), path)
         assert config.output_dir, path

@@ -46,13 +46,14 @@ def build_optimizer(model, args, learning_rates: dict[str, float] | None = None)
     `learning_rates` maps a child module's name (in `model.named_children()`) to its own
     learning rate (PPO's value head); the rest use `args.learning_rate`.
     """
-    groups: dict[tuple[float, bool], list] = {}
-    for lr in (args.learning_rate, *(learning_rates or {}).values()):
+    rates = learning_rates or {}
+    groups: dict[tuple[float, bool], list] = {}  # (lr, decay) -> params; the policy's rate first, as before
+    for lr in (args.learning_rate, *rates.values()):
         for decay in (True, False):
             groups.setdefault((lr, decay), [])
     for name, param in model.named_parameters():
         if param.requires_grad:
-            lr = (learning_rates or {}).get(name.split(".", 1)[0], args.learning_rate)
+            lr = rates.get(name.split(".", 1)[0], args.learning_rate)
             groups[(lr, not (param.ndim < 2 or "norm" in name.lower()))].append(param)
     if not any(groups.values()):
         raise AlignkitError("the model has no trainable parameters; check lora_r and target_modules")
