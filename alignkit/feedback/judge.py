@@ -14,25 +14,28 @@ bias; how often the verdict flips with the order (self-consistency) and how ofte
 Critique-and-revise (CAI sec. 3): for (prompt, response) the judge writes a critique under one
 principle, then a revision; (prompt, revision, response) becomes a (prompt, chosen, rejected) row.
 
-Backends are a table (`BACKENDS`): `local` (the embedded model or any Hugging Face model,
-through transformers) and `http` (an OpenAI-compatible /v1/chat/completions endpoint).
+The backends (`local`: a model through transformers; `http`: an OpenAI-compatible
+/v1/chat/completions endpoint) are in `alignkit.feedback.judge_backends`; this module holds the
+prompt templates and the workflows, which need only a backend's `first_slot_probs` and `generate`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.formats import detect_format, validate_rows
 from alignkit.errors import AlignkitError
+from alignkit.feedback.judge_backends import ANSWER_PREFIX, BACKENDS, HTTPJudge, LocalJudge, make_judge
+from alignkit.feedback.quality import as_text as _as_text
 
-log = logging.getLogger(__name__)
+# The backends live in judge_backends; they are re-exported so that `from alignkit.feedback.judge import
+# make_judge` (and LocalJudge, HTTPJudge, BACKENDS, ANSWER_PREFIX) keeps working.
+__all__ = ["ANSWER_PREFIX", "BACKENDS", "HTTPJudge", "LocalJudge", "Verdict", "bias_report", "compare_messages",
+           "critique_and_revise", "judge_pairs", "make_judge", "pair_items", "preference_rows", "principles",
+           "read_constitution", "response_items"]
 
 DEFAULT_CONSTITUTION = Path(__file__).resolve().parents[2] / "configs" / "constitution.md"
 
@@ -71,11 +74,6 @@ Rewrite the response so that it follows the principle ({principle}) and fixes th
 Reply with the rewritten response only."""
 
 
-# The local judge's answer starts here, so the next token is the verdict: with it, SmolLM2-135M puts
-# ~99% of its probability on "A"/"B" (measured on hhh-mini), against ~17% when it answers freely.
-ANSWER_PREFIX = "The better response is Response"
-
-
 def read_constitution(path: str | None = None) -> str:
     """The constitution text: `path`, or configs/constitution.md."""
     path = Path(path) if path else DEFAULT_CONSTITUTION
@@ -93,203 +91,9 @@ def principles(constitution: str) -> list[str]:
     return items or [constitution.strip()]
 
 
-def _as_text(value) -> str:
-    from alignkit.feedback.quality import as_text
-
-    return as_text(value)
-
-
 def compare_messages(constitution: str, prompt, a: str, b: str) -> list[dict]:
     return [{"role": "system", "content": constitution},
             {"role": "user", "content": COMPARE_TEMPLATE.format(prompt=_as_text(prompt), a=a, b=b)}]
-
-
-# ---------------------------------------------------------------- backends
-
-
-class LocalJudge:
-    """A causal LM loaded through transformers (alias, directory or hub id)."""
-
-    def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 8, bf16: bool = True, dtype: str = "float32",
-                 answer_prefix: str = ANSWER_PREFIX):
-        from alignkit.models.load import load_causal_lm, load_tokenizer
-
-        self.name = model
-        self.answer_prefix = answer_prefix
-        self.tokenizer = load_tokenizer(model)
-        self.model = load_causal_lm(model, dtype).eval()
-        self.batch_size = batch_size
-        self.bf16 = bf16
-        self.answer_ids = {letter: self._letter_ids(letter) for letter in "AB"}
-
-    def _letter_ids(self, letter: str) -> list[int]:
-        ids = set()
-        for variant in (letter, " " + letter):
-            encoded = self.tokenizer.encode(variant, add_special_tokens=False)
-            if len(encoded) == 1:
-                ids.add(encoded[0])
-        if not ids:
-            raise AlignkitError(f"judge model {self.name}: its tokenizer has no single token for '{letter}'; use another judge model")
-        return sorted(ids)
-
-    def _render(self, messages: list[dict]) -> list[int]:
-        """The chat, then the start of the judge's answer, so the next token is the verdict letter."""
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-        return self.tokenizer(text + self.answer_prefix, add_special_tokens=False)["input_ids"]
-
-    def first_slot_probs(self, conversations: list[list[dict]]) -> tuple[list[float], list[float]]:
-        """P(A) per conversation (A vs B renormalised) and the mass the judge put on A or B at all."""
-        import torch
-
-        from alignkit.data.collate import pad_sequences
-
-        encoded = [self._render(m) for m in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        probs, mass = [0.0] * len(encoded), [0.0] * len(encoded)
-        device = next(self.model.parameters()).device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            ids = pad_sequences([encoded[i] for i in idx], self.tokenizer.pad_token_id, side="left").to(device)  # (B, T)
-            attention = pad_sequences([[1] * len(encoded[i]) for i in idx], 0, side="left").to(device)  # (B, T)
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=1).logits[:, -1]  # (B, V)
-            logps = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
-            l_a = torch.logsumexp(logps[:, self.answer_ids["A"]], dim=-1)  # (B,)
-            l_b = torch.logsumexp(logps[:, self.answer_ids["B"]], dim=-1)  # (B,)
-            p_a = torch.sigmoid(l_a - l_b)
-            total = torch.exp(torch.logaddexp(l_a, l_b))
-            for row, i in enumerate(idx):
-                probs[i], mass[i] = float(p_a[row]), float(total[row])
-        return probs, mass
-
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 128) -> list[str]:
-        from alignkit.models.generation import generate_answers
-
-        return generate_answers(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                batch_size=self.batch_size, bf16=self.bf16)
-
-
-class HTTPJudge:
-    """An OpenAI-compatible endpoint: POST {url}/v1/chat/completions.
-
-    Reads the A/B preference from `logprobs.content[0].top_logprobs` when the server returns
-    them; otherwise from the first A or B in the answer text (probability 1 or 0; 0.5 if neither).
-    """
-
-    def __init__(self, url: str, model: str = "default", api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 0.5):
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/v1/chat/completions"):
-            self.url += "/chat/completions" if self.url.endswith("/v1") else "/v1/chat/completions"
-        self.name, self.model, self.api_key = url, model, api_key
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.logprobs = True  # switched off after a server refuses them
-        self.unparsed = 0
-
-    def _post(self, body: dict) -> dict:
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", "replace")[:200]
-                if exc.code in (429, 500, 502, 503, 504):
-                    last = f"HTTP {exc.code}: {detail}"
-                    continue
-                raise _HTTPRefused(exc.code, detail) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-                last = str(getattr(exc, "reason", exc))
-        raise AlignkitError(f"judge endpoint {self.url} did not answer after {self.retries + 1} tries ({last}); "
-                            f"check that the server is running and --endpoint is right")
-
-    def _chat(self, messages: list[dict], max_tokens: int, logprobs: bool) -> dict:
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-        if logprobs:
-            body.update(logprobs=True, top_logprobs=10)
-        return self._post(body)
-
-    def _first_slot_prob(self, messages: list[dict]) -> tuple[float, float]:
-        reply = None
-        if self.logprobs:
-            try:
-                reply = self._chat(messages, 1, True)
-            except _HTTPRefused as exc:
-                if exc.code != 400:
-                    raise AlignkitError(f"judge endpoint {self.url} refused the request (HTTP {exc.code}: {exc.detail})") from None
-                log.info("judge endpoint refused logprobs (%s); reading the answer text instead", exc.detail)
-                self.logprobs = False
-        if reply is None:
-            try:
-                reply = self._chat(messages, 4, False)
-            except _HTTPRefused as exc:
-                raise AlignkitError(f"judge endpoint {self.url} refused the request (HTTP {exc.code}: {exc.detail})") from None
-        return self._parse(reply)
-
-    def _parse(self, reply: dict) -> tuple[float, float]:
-        import math
-
-        try:
-            choice = reply["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise AlignkitError(f"judge endpoint {self.url} answered without choices: {str(reply)[:200]}") from None
-        content = ((choice.get("logprobs") or {}).get("content") or [])
-        if content:
-            found: dict[str, float] = {}
-            for item in content[0].get("top_logprobs") or [content[0]]:
-                letter = str(item.get("token", "")).strip()
-                if letter in ("A", "B"):
-                    found[letter] = math.log(math.exp(found[letter]) + math.exp(item["logprob"])) if letter in found else item["logprob"]
-            if found:
-                l_a, l_b = found.get("A", -1e9), found.get("B", -1e9)
-                return 1.0 / (1.0 + math.exp(l_b - l_a)), math.exp(l_a) + math.exp(l_b)
-        text = str((choice.get("message") or {}).get("content") or "")
-        match = re.search(r"\b([AB])\b", text)
-        if not match:
-            self.unparsed += 1
-            return 0.5, 0.0
-        return (1.0 if match.group(1) == "A" else 0.0), 1.0
-
-    def first_slot_probs(self, conversations: list[list[dict]]) -> tuple[list[float], list[float]]:
-        pairs = [self._first_slot_prob(m) for m in conversations]
-        return [p for p, _ in pairs], [m for _, m in pairs]
-
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int = 128) -> list[str]:
-        out = []
-        for messages in conversations:
-            try:
-                reply = self._chat(messages, max_new_tokens, False)
-            except _HTTPRefused as exc:
-                raise AlignkitError(f"judge endpoint {self.url} refused the request (HTTP {exc.code}: {exc.detail})") from None
-            out.append(str(((reply.get("choices") or [{}])[0].get("message") or {}).get("content") or "").strip())
-        return out
-
-
-class _HTTPRefused(Exception):
-    def __init__(self, code: int, detail: str):
-        super().__init__(code, detail)
-        self.code, self.detail = code, detail
-
-
-BACKENDS = {"local": LocalJudge, "http": HTTPJudge}
-
-
-def make_judge(model: str = "smollm2-135m-instruct", endpoint: str | None = None, **kwargs):
-    """A judge backend: `endpoint` picks the HTTP one, otherwise `model` is loaded locally."""
-    if endpoint:
-        return BACKENDS["http"](endpoint, **kwargs)
-    return BACKENDS["local"](model, **kwargs)
 
 
 # ---------------------------------------------------------------- pairwise judging
@@ -361,8 +165,6 @@ def bias_report(verdicts: list[Verdict], labels: list[bool] | None = None) -> di
 def pair_items(rows: list[dict], source: str = "data") -> tuple[list[tuple], list[bool] | None]:
     """(prompt, x, y) from preference rows (x = chosen, labels known) or `response_a`/`response_b` rows."""
     if all("chosen" in r and "rejected" in r for r in rows):
-        from alignkit.data.formats import detect_format, validate_rows
-
         rows = validate_rows(rows, detect_format(rows, source), source)
         return [(r["prompt"], r["chosen"], r["rejected"]) for r in rows], [True] * len(rows)
     items = []

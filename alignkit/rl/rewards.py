@@ -11,8 +11,11 @@ combines sources and then applies, in order: the weighted sum, running normalisa
 - NaN / None / inf for some responses: those responses are skipped (advantage 0, left
   out of the loss and of every baseline) and counted in `reward/skipped`, or an error
   with `on_invalid: error`; a batch with no valid reward at all is an error;
-- an endpoint that does not answer within `timeout` after `retries` retries: an error
-  saying so and what to check.
+- an endpoint is read strictly: a list of one finite number per response (or null, which
+  counts as invalid as above), plain or as `{"rewards": [...]}`; booleans, numeric strings,
+  objects keyed by index, a wrong length and NaN/inf are errors naming the endpoint;
+- an endpoint that does not answer within `timeout` seconds in all (the deadline of the whole
+  call, `retries` retries included): an error saying so and what to check.
 
 Config form (`rewards:` in a PPO/GRPO config), a list of sources:
 
@@ -31,9 +34,6 @@ import importlib.util
 import json
 import math
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.http import check_url, post_json
 
 FUNCTION_ALIASES = {"hhh-mini-gold": "alignkit.data.tasks.hhh_mini:gold_rewards"}
 
@@ -113,43 +114,65 @@ class FunctionReward:
 
 
 class HTTPReward:
-    """POSTs `{"prompts": [...], "responses": [...], <column>: [...]}` as JSON to `url`;
-    the answer is a JSON list of numbers or `{"rewards": [...]}`."""
+    """POSTs `{"prompts": [...], "responses": [...], <column>: [...]}` as JSON to `url`; the answer must be a
+    JSON list of one number (or null) per response, or `{"rewards": [...]}` holding such a list.
+
+    `timeout` is the total deadline of one scoring call, retries included; the retry policy is
+    `alignkit.http.post_json`'s (connection errors, timeouts, 429 and 5xx, honouring Retry-After).
+    """
 
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 2, backoff: float = 0.5):
-        if not url.startswith(("http://", "https://")):
-            raise AlignkitError(f"reward url {url!r} must start with http:// or https://")
-        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.url = check_url(url, "reward")
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.name = url
 
-    def _post(self, payload: bytes):
-        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
-
     def __call__(self, prompts: list, responses: list[str], columns: dict | None = None) -> list[float]:
-        payload = json.dumps({"prompts": prompts, "responses": responses, **(columns or {})}, default=str).encode("utf-8")
-        reason = ""
-        for attempt in range(self.retries + 1):
-            try:
-                answer = self._post(payload)
-                break
-            except urllib.error.HTTPError as exc:  # the server answered: retrying will not help
-                body = exc.read().decode("utf-8", "replace")[:200]
-                raise AlignkitError(f"reward endpoint {self.url} answered HTTP {exc.code}: {body}") from None
-            except json.JSONDecodeError as exc:
-                raise AlignkitError(f"reward endpoint {self.url} answered with something that is not JSON ({exc})") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                reason = str(getattr(exc, "reason", exc))
-                if attempt < self.retries:
-                    time.sleep(self.backoff * 2 ** attempt)
-        else:
-            raise AlignkitError(f"reward endpoint {self.url} is unreachable after {self.retries + 1} tries ({reason}); "
-                                f"check that the server is running and the url, or raise reward timeout/retries")
-        values = answer.get("rewards") if isinstance(answer, dict) else answer
-        if values is None:
-            raise AlignkitError(f"reward endpoint {self.url} answered a JSON object without 'rewards'; keys: {sorted(answer)}")
-        return _check_values(values, len(responses), f"endpoint {self.url}")
+        answer = post_json(self.url, {"prompts": prompts, "responses": responses, **(columns or {})},
+                           deadline=self.timeout, retries=self.retries, backoff=self.backoff, name="reward endpoint")
+        return _endpoint_rewards(answer, len(responses), f"reward endpoint {self.url}")
+
+
+def _endpoint_rewards(answer, count: int, where: str) -> list[float]:
+    """An endpoint's answer read strictly: a list of `count` finite JSON numbers (null -> NaN, skipped).
+
+    Nothing is coerced: booleans, numeric strings, objects keyed by index, a wrong length or NaN/inf
+    are errors, since reading them some way or other could silently train on the wrong rewards."""
+    values = answer
+    if isinstance(answer, dict):
+        if "rewards" not in answer:
+            raise AlignkitError(f"{where} answered a JSON object without 'rewards' (keys: {sorted(answer)[:10]}); "
+                                f"answer a list of numbers or {{\"rewards\": [...]}}")
+        values = answer["rewards"]
+    if not isinstance(values, list):
+        raise AlignkitError(f"{where} answered a JSON {_JSON_TYPES.get(type(values), 'value')} where a list of {count} numbers belongs; "
+                            f"answer a list of numbers or {{\"rewards\": [...]}}")
+    if len(values) != count:
+        raise AlignkitError(f"{where} answered {len(values)} rewards for {count} responses; it must answer one per response")
+    rewards = []
+    for number, value in enumerate(values, 1):
+        if value is None:
+            rewards.append(math.nan)  # an explicit "no reward": skipped or an error, as on_invalid says
+            continue
+        reward = _finite_number(value)
+        if reward is None:
+            raise AlignkitError(f"{where} answered {json.dumps(value)[:60]} for response {number}; each reward must be "
+                                f"a finite JSON number (or null to skip the response)")
+        rewards.append(reward)
+    return rewards
+
+
+_JSON_TYPES = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _finite_number(value) -> float | None:
+    """`value` as a float when it is a JSON number (not a boolean) that is finite as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return value if math.isfinite(value) else None
 
 
 class ModelReward:
