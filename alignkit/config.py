@@ -1,29 +1,27 @@
 """Configuration: one dataclass per command, loaded from YAML plus `--key value` overrides.
 
 Every field carries its own help text (`metadata["help"]`); unknown keys are errors that
-suggest the closest valid key, so a typo never silently falls back to a default.
+suggest the closest valid key, so a typo never silently falls back to a default. A field
+shared by several commands is declared once, in a small mixin (`DataArgs`, `LoRASaveArgs`,
+`MonitorArgs`, ...); a command re-declares it only where its default or help differs.
+Choices that name a table of variants (losses, estimators, controllers) are read from it.
+The loading machinery (`option`, `load_config`, `config_from_dict`, ...) lives in
+`alignkit.config_loader` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
-
+from alignkit.config_loader import (  # noqa: F401  (re-exported: callers import the machinery from alignkit.config)
+    _coerce, choose, config_from_dict, field_help, load_config, option, parse_overrides, read_yaml, save_config, to_dict,
+)
 from alignkit.errors import AlignkitError
-
-
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field with its help text; mutable defaults are copied per instance."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+from alignkit.losses.kl import KL_ESTIMATORS
+from alignkit.losses.policy import AGGREGATIONS, POLICY_LOSSES
+from alignkit.losses.preference import PREFERENCE_LOSSES
+from alignkit.rl.advantages import ESTIMATORS, NEEDS_GROUPS
+from alignkit.rl.kl_control import KL_CONTROLLERS
 
 
 @dataclass
@@ -85,176 +83,97 @@ class TrainArgs(ModelArgs):
 
 
 @dataclass
-class SFTConfig(TrainArgs):
-    """`alignkit sft`: supervised fine-tuning with loss only on responses."""
+class DataArgs:
+    """Where a stage's training and held-out rows come from."""
 
     data: str = option("", "Training data: file (jsonl/json/parquet/csv), datasets directory or hub id.")
     data_split: str = option("train", "Split to read from a datasets directory or hub id.")
     eval_data: str = option("", "Held-out data; empty splits eval_fraction off the training data.")
-    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
-    learning_rate: float = option(2e-5, "Peak AdamW learning rate.")
-    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
-    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
-
-
-def choose(config, key: str, choices: tuple) -> None:
-    """Refuses a value outside `choices`, naming the key and the valid values."""
-    value = getattr(config, key)
-    if value not in choices:
-        raise AlignkitError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-def field_help(cls) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
-def _closest(name: str, choices) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(choices))}"
-
-
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Converts a YAML or command-line value to the field's declared type."""
-    kind = annotation if isinstance(annotation, type) else typing.get_origin(annotation) or annotation
-    if isinstance(annotation, str):  # postponed annotations
-        kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}.get(annotation, str)
-    if isinstance(kind, types.UnionType):
-        kind = next((a for a in typing.get_args(annotation) if a is not type(None)), str)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in {"true", "1", "yes", "on"}:
-                return True
-            if text in {"false", "0", "no", "off"}:
-                return False
-            raise ValueError(value)
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if kind is list:
-            if isinstance(value, str):
-                parsed = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
-                value = parsed
-            if not isinstance(value, list):
-                raise ValueError(value)
-            return value
-        if kind is dict:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return value
-        if kind is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError(value)
-            return "" if value is None else str(value)
-    except (TypeError, ValueError, yaml.YAMLError):
-        name = getattr(kind, "__name__", str(kind))
-        raise AlignkitError(f"{source}: key '{key}' must be {name}, got {value!r}") from None
-    return value
-
-
-def config_from_dict(cls, values: dict, source: str = "config"):
-    """Builds `cls` from a dict, refusing unknown keys with the closest valid one."""
-    if not isinstance(values, dict):
-        raise AlignkitError(f"{source}: the config must be a mapping of key: value, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            raise AlignkitError(f"{source}: unknown key '{key}'{_closest(name, fields)}")
-        kwargs[name] = _coerce(value, hints.get(name, str), name, source)
-    config = cls(**kwargs)
-    validate = getattr(config, "validate", None)
-    if validate:
-        validate()
-    return config
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise AlignkitError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise AlignkitError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(values, dict):
-        raise AlignkitError(f"{path}: the config must be a mapping of key: value, got {type(values).__name__}")
-    return values
-
-
-def parse_overrides(args: list[str]) -> dict[str, str]:
-    """`--key value` / `--key=value` / `--flag` pairs into a dict (values stay strings)."""
-    values, i = {}, 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise AlignkitError(f"unexpected argument '{arg}': options take the form --key value")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]
-            i += 2
-        else:
-            value = "true"
-            i += 1
-        values[key.replace("-", "_")] = value
-    return values
-
-
-def load_config(cls, path: str | Path | None = None, overrides: dict | list[str] | None = None):
-    """YAML file (optional) then overrides; returns a validated `cls` instance."""
-    values = read_yaml(path) if path else {}
-    source = str(path) if path else "command line"
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in overrides or {}:
-        if key.replace("-", "_") not in fields:
-            raise AlignkitError(f"unknown option '--{key}'{_closest(key.replace('-', '_'), fields)}")
-    merged = {str(k).replace("-", "_"): v for k, v in values.items()}
-    merged.update({k.replace("-", "_"): v for k, v in (overrides or {}).items()})
-    return config_from_dict(cls, merged, source)
-
-
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
-
-
-def save_config(config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 @dataclass
-class DirectAlignmentArgs(TrainArgs):
+class HoldoutDataArgs(DataArgs):
+    """DataArgs plus a held-out share split off the training rows when there is no eval_data."""
+
+    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
+
+
+@dataclass
+class LoRASaveArgs:
+    """Saving a LoRA run: the adapter, and the model with it merged in."""
+
+    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
+
+
+@dataclass
+class PackingArgs:
+    """Padding-free batches (SFT); dpo/kto declare it only to refuse it with the reason."""
+
+    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
+
+
+@dataclass
+class MonitorConfig:
+    """The `monitor:` mapping of a PPO / GRPO / DPO config (alignkit.evaluate.monitors)."""
+
+    every: int = option(0, "Held-out check every N steps: sample answers, score proxy / gold / judge, KL (0: off).")
+    prompts: str = option("", "Held-out prompts (rows with a `prompt` column); empty uses the stage's eval_data.")
+    max_prompts: int = option(32, "Use the first N distinct held-out prompts (0: all).")
+    max_new_tokens: int = option(0, "Answer length for the checks (0: the stage's max_new_tokens, else 48).")
+    temperature: float = option(1.0, "Sampling temperature of the check answers (KL is estimated on these samples).")
+    proxy: str = option("", "Proxy reward for the checks: a reward-model directory or module:function; empty: the training reward (DPO: its implicit reward).")
+    gold: str = option("", "Gold reward, module:function or hhh-mini-gold; empty: the stage's eval_reward_function, if any.")
+    judge: str = option("", "Judge model (alias or directory): its win rate against the reference's answers is a held-out score.")
+    constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
+    kl_budget: float = option(0.0, "Alarm when KL(policy || reference) on the held-out prompts exceeds this, nats per answer (0: no budget).")
+    gold_drop: float = option(0.05, "Alarm when held-out gold falls this far below its best check while the proxy has risen since.")
+    proxy_rise: float = option(0.0, "How much the proxy must have risen since gold's best check for the over-optimization alarm.")
+    patience: int = option(1, "Alarmed checks in a row before stopping (with stop_on_alarm).")
+    stop_on_alarm: bool = option(False, "Stop training after `patience` alarmed checks in a row.")
+    keep_best: bool = option(True, "Save the check with the best held-out gold (else judge, else proxy) as <output_dir>/best.")
+    hacking_every: int = option(1, "Reward-hacking alarms every N steps (on training batches for PPO/GRPO, on the checks for DPO); 0: off.")
+    length_corr_warn: float = option(0.5, "Warn when the reward-length correlation of a batch exceeds this.")
+    length_corr_trend_warn: float = option(0.3, "Warn when that correlation rose by more than this over the last trend_window batches.")
+    trend_window: int = option(10, "Batches over which the correlation trend is measured.")
+    repetition_warn: float = option(0.3, "Warn when the mean share of repeated 3-grams in an answer exceeds this.")
+    truncation_gain_warn: float = option(0.5, "Warn when answers outscore their own first part by more than this many reward stds.")
+    truncation_fraction: float = option(0.5, "The share of words kept in the truncated answer.")
+    truncation_samples: int = option(8, "Answers per batch used for the truncation test.")
+
+    def validate(self) -> None:
+        for key in ("every", "max_prompts", "max_new_tokens", "hacking_every", "trend_window", "truncation_samples"):
+            if getattr(self, key) < 0:
+                raise AlignkitError(f"monitor.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.patience < 1:
+            raise AlignkitError(f"monitor.patience must be at least 1, got {self.patience}")
+        if self.temperature <= 0:
+            raise AlignkitError(f"monitor.temperature must be > 0 (KL is estimated on samples), got {self.temperature}")
+        if not 0 < self.truncation_fraction < 1:
+            raise AlignkitError(f"monitor.truncation_fraction must be in (0, 1), got {self.truncation_fraction}")
+
+
+@dataclass
+class MonitorArgs:
+    """The over-optimization / reward-hacking monitor of DPO, PPO and GRPO, a nested `monitor:` section."""
+
+    monitor: MonitorConfig | None = option(None, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
+
+
+@dataclass
+class SFTConfig(PackingArgs, LoRASaveArgs, HoldoutDataArgs, TrainArgs):
+    """`alignkit sft`: supervised fine-tuning with loss only on responses."""
+
+
+@dataclass
+class DirectAlignmentArgs(PackingArgs, LoRASaveArgs, HoldoutDataArgs, TrainArgs):
     """What DPO and KTO share: data, the reference policy and its log-prob cache."""
 
-    data: str = option("", "Training data: file (jsonl/json/parquet/csv), datasets directory or hub id.")
-    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
-    eval_data: str = option("", "Held-out data; empty splits eval_fraction off the training data.")
-    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
     output_dir: str = option("runs/dpo", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
     learning_rate: float = option(1e-6, "Peak AdamW learning rate (TRL's DPO default; LoRA wants ~10-100x more).")
     beta: float | None = option(None, "Strength of the pull toward the reference (must be > 0); empty uses the loss's default: 0.1, 2.0 for simpo.")
     reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy), adapter (the LoRA base with adapters off), precompute (log-probs computed once and cached on disk).")
     reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
     ref_cache_dir: str = option("", "Folder for precomputed reference log-probs (keyed by model weights and data); empty uses $ALIGNKIT_CACHE/reference_logps.")
-    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
-    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
     share_prompt: bool = option(True, "Run each prompt once for both of its completions (one row, a 4D attention mask); needs sdpa or eager attention.")
 
     def validate(self) -> None:
@@ -274,18 +193,17 @@ class DirectAlignmentArgs(TrainArgs):
 
 
 @dataclass
-class DPOConfig(DirectAlignmentArgs):
+class DPOConfig(MonitorArgs, DirectAlignmentArgs):
     """`alignkit dpo`: direct preference optimization and its variants on (prompt, chosen, rejected) pairs."""
 
     loss: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
     label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
     gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
     rpo_alpha: float = option(0.0, "Add rpo_alpha x the chosen answer's mean token NLL to any loss (RPO; the paper uses 1.0): keeps chosen answers likely.")
-    monitor: dict = option({}, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
 
     def validate(self) -> None:
         super().validate()
-        choose(self, "loss", ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"))
+        choose(self, "loss", PREFERENCE_LOSSES)
         if not 0 <= self.label_smoothing < 0.5:
             raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.rpo_alpha < 0:
@@ -311,12 +229,11 @@ class KTOConfig(DirectAlignmentArgs):
 
 
 @dataclass
-class PPOConfig(TrainArgs):
+class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     """`alignkit ppo`: online policy optimisation (PPO with a value model by default; REINFORCE, RLOO, GRPO selectable)."""
 
     output_dir: str = option("runs/ppo", "Where the final model, metrics.jsonl and TensorBoard logs go.")
     data: str = option("", "Prompts (any rows with a `prompt` column; other columns are passed to reward functions).")
-    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
     eval_data: str = option("", "Held-out prompts, answered greedily and scored at the start, every eval_every steps and at the end.")
     eval_rows: int = option(0, "Use only the first N held-out prompts (0: all).")
     eval_reward_function: str = option("", "An extra judge for evaluation only, module:function or hhh-mini-gold (logged as eval/gold).")
@@ -379,21 +296,16 @@ class PPOConfig(TrainArgs):
     kl_control: str = option("fixed", "fixed or adaptive (Ziegler et al. 2019: beta tracks kl_target).")
     kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.")
     kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.")
-    monitor: dict = option({}, "Over-optimization / reward-hacking monitor settings (see MonitorConfig, alignkit.evaluate.monitors); empty: off.")
-    merge_lora: bool = option(True, "With LoRA, also save the adapter merged into the base as <output_dir>/model.")
-    packing: bool = option(False, "Padding-free batches: each micro-batch's rows concatenated into one, with restarting positions.")
 
     def validate(self) -> None:
         super().validate()
-        from alignkit.rl.advantages import ESTIMATORS, NEEDS_GROUPS
-
-        choose(self, "advantage", tuple(ESTIMATORS))
-        choose(self, "policy_loss", ("ppo_clip", "reinforce"))
-        choose(self, "loss_aggregation", ("token_mean", "sequence_mean", "constant"))
+        choose(self, "advantage", ESTIMATORS)
+        choose(self, "policy_loss", POLICY_LOSSES)
+        choose(self, "loss_aggregation", AGGREGATIONS)
         choose(self, "value_model", ("head", "policy", "reward"))
-        choose(self, "kl_estimator", ("k1", "k2", "k3"))
+        choose(self, "kl_estimator", KL_ESTIMATORS)
         choose(self, "kl_in", ("reward", "loss"))
-        choose(self, "kl_control", ("fixed", "adaptive"))
+        choose(self, "kl_control", KL_CONTROLLERS)
         choose(self, "reference", ("auto", "copy", "adapter"))
         choose(self, "generation_backend", ("hf", "vllm"))
         choose(self, "reward_on_invalid", ("skip", "error"))
@@ -443,11 +355,10 @@ class GRPOConfig(PPOConfig):
 
 
 @dataclass
-class RewardConfig(TrainArgs):
+class RewardConfig(HoldoutDataArgs, TrainArgs):
     """`alignkit reward`: a Bradley-Terry reward model (or an ensemble of K) on (prompt, chosen, rejected) pairs."""
 
     data: str = option("", "Preference data (prompt, chosen, rejected; optional margin, strength): file, datasets directory or hub id.")
-    data_split: str = option("train", "Split to read from a datasets directory or hub id.")
     eval_data: str = option("", "Held-out preference data; empty splits eval_fraction off the training data.")
     eval_fraction: float = option(0.05, "Share of training pairs held out when eval_data is empty.")
     output_dir: str = option("runs/reward", "Where the reward model (<output_dir>/model, or member-*/ for an ensemble), metrics.jsonl and logs go.")
@@ -480,46 +391,6 @@ class RewardConfig(TrainArgs):
             raise AlignkitError(f"normalization_pairs must be 0 (all training pairs) or a positive count, got {self.normalization_pairs}")
         if not 0 <= self.eval_fraction < 1:
             raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-
-
-@dataclass
-class MonitorConfig:
-    """The `monitor:` mapping of a PPO / GRPO / DPO config (alignkit.evaluate.monitors)."""
-
-    every: int = option(0, "Held-out check every N steps: sample answers, score proxy / gold / judge, KL (0: off).")
-    prompts: str = option("", "Held-out prompts (rows with a `prompt` column); empty uses the stage's eval_data.")
-    max_prompts: int = option(32, "Use the first N distinct held-out prompts (0: all).")
-    max_new_tokens: int = option(0, "Answer length for the checks (0: the stage's max_new_tokens, else 48).")
-    temperature: float = option(1.0, "Sampling temperature of the check answers (KL is estimated on these samples).")
-    proxy: str = option("", "Proxy reward for the checks: a reward-model directory or module:function; empty: the training reward (DPO: its implicit reward).")
-    gold: str = option("", "Gold reward, module:function or hhh-mini-gold; empty: the stage's eval_reward_function, if any.")
-    judge: str = option("", "Judge model (alias or directory): its win rate against the reference's answers is a held-out score.")
-    constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
-    kl_budget: float = option(0.0, "Alarm when KL(policy || reference) on the held-out prompts exceeds this, nats per answer (0: no budget).")
-    gold_drop: float = option(0.05, "Alarm when held-out gold falls this far below its best check while the proxy has risen since.")
-    proxy_rise: float = option(0.0, "How much the proxy must have risen since gold's best check for the over-optimization alarm.")
-    patience: int = option(1, "Alarmed checks in a row before stopping (with stop_on_alarm).")
-    stop_on_alarm: bool = option(False, "Stop training after `patience` alarmed checks in a row.")
-    keep_best: bool = option(True, "Save the check with the best held-out gold (else judge, else proxy) as <output_dir>/best.")
-    hacking_every: int = option(1, "Reward-hacking alarms every N steps (on training batches for PPO/GRPO, on the checks for DPO); 0: off.")
-    length_corr_warn: float = option(0.5, "Warn when the reward-length correlation of a batch exceeds this.")
-    length_corr_trend_warn: float = option(0.3, "Warn when that correlation rose by more than this over the last trend_window batches.")
-    trend_window: int = option(10, "Batches over which the correlation trend is measured.")
-    repetition_warn: float = option(0.3, "Warn when the mean share of repeated 3-grams in an answer exceeds this.")
-    truncation_gain_warn: float = option(0.5, "Warn when answers outscore their own first part by more than this many reward stds.")
-    truncation_fraction: float = option(0.5, "The share of words kept in the truncated answer.")
-    truncation_samples: int = option(8, "Answers per batch used for the truncation test.")
-
-    def validate(self) -> None:
-        for key in ("every", "max_prompts", "max_new_tokens", "hacking_every", "trend_window", "truncation_samples"):
-            if getattr(self, key) < 0:
-                raise AlignkitError(f"monitor.{key} must be 0 or more, got {getattr(self, key)}")
-        if self.patience < 1:
-            raise AlignkitError(f"monitor.patience must be at least 1, got {self.patience}")
-        if self.temperature <= 0:
-            raise AlignkitError(f"monitor.temperature must be > 0 (KL is estimated on samples), got {self.temperature}")
-        if not 0 < self.truncation_fraction < 1:
-            raise AlignkitError(f"monitor.truncation_fraction must be in (0, 1), got {self.truncation_fraction}")
 
 
 @dataclass

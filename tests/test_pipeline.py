@@ -74,7 +74,7 @@ def test_demo_config_is_valid_and_names_every_stage():
 
     config = load_config(PipelineConfig, Path(__file__).parents[1] / "configs" / "demo.yaml")
     configs = stage_configs(config)
-    assert configs["policy"].monitor["every"] > 0 and configs["policy"].reward_model.endswith("reward")
+    assert configs["policy"].monitor.every > 0 and configs["policy"].reward_model.endswith("reward")
     assert configs["eval"].gold == "hhh-mini-gold" and configs["sft"].output_dir.endswith("sft")
 
 
