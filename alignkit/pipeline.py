@@ -75,7 +75,8 @@ def stage_configs(config: PipelineConfig) -> dict:
 
 def write_data(config: PipelineConfig) -> None:
     """The task's splits, plus the RL/DPO training prompts minus `n_val` held out for the monitor."""
-    from alignkit.data.load import load_rows, write_jsonl
+    from alignkit.data.load import load_rows
+    from alignkit.io import write_jsonl
     from alignkit.data.tasks import hhh_mini
 
     data = Path(config.workdir) / "data"
@@ -152,7 +153,7 @@ def _cpu_seconds() -> float:
 def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
     """Runs the configured stages in order, reusing finished ones; returns (and writes) pipeline.json's content."""
     from alignkit.evaluate.compare import format_table
-    from alignkit.train.loop import write_json
+    from alignkit.io import write_json
 
     started, cpu_started = time.time(), _cpu_seconds()
     configs = stage_configs(config)

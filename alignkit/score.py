@@ -56,7 +56,7 @@ def score_columns(scores, name: str, k: float, ensemble: bool) -> list[dict]:
 
 
 def run(args) -> None:
-    from alignkit.data.load import write_jsonl
+    from alignkit.io import write_jsonl
     from alignkit.models.reward import RewardModel
 
     if args.batch_size < 1:

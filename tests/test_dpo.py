@@ -56,7 +56,7 @@ def test_reference_strategies_give_the_same_loss(tmp_path, tiny_path, tokenizer,
     from accelerate import Accelerator
 
     from alignkit.models.load import add_lora, load_causal_lm
-    from alignkit.train import reference as ref
+    from alignkit.models import reference as ref
     from alignkit.train.dpo import pair_logps, tokenize_pairs
 
     examples, _ = tokenize_pairs(pairs(TOPICS[:6]), tokenizer, max_length=64)
@@ -68,7 +68,7 @@ def test_reference_strategies_give_the_same_loss(tmp_path, tiny_path, tokenizer,
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     copy = ref.FrozenCopy(load_causal_lm(tiny_path))
-    adapter = ref.DisabledAdapter(accelerator)
+    adapter = ref.DisabledAdapter()
     table = ref.precompute_logps(copy.model, examples, tokenizer.pad_token_id, 4, accelerator, tmp_path, "fp32")
     monkeypatch.setattr(ref, "compute_logps", lambda *a, **k: pytest.fail("the cache was not reused"))
     reused = ref.precompute_logps(copy.model, examples, tokenizer.pad_token_id, 4, accelerator, tmp_path, "fp32")
@@ -129,7 +129,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, tiny_path, write_jsonl, pair_fil
 def test_shared_prompt_layout_matches_separate_rows(tiny_path, tokenizer):
     from alignkit.models.load import load_causal_lm
     from alignkit.train.dpo import tokenize_pairs
-    from alignkit.train.sequences import collate_sequences, sequence_logps
+    from alignkit.models.sequences import collate_sequences, sequence_logps
 
     rows = pairs(TOPICS[:3]) + [{"prompt": "Hi", "chosen": "Hello! How can I help you today?", "rejected": "Go away, I am busy."}]
     examples, _ = tokenize_pairs(rows, tokenizer, max_length=64)

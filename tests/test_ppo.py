@@ -75,7 +75,7 @@ def test_old_and_new_logprobs_agree_at_step_zero(tiny_path, tokenizer):
     from alignkit.config import PPOConfig
     from alignkit.models.load import load_policy
     from alignkit.rl.value_model import ValueHead, logprobs_and_values
-    from alignkit.train.ppo import disable_dropout
+    from alignkit.models.wrapping import disable_dropout
 
     config = PPOConfig(model=tiny_path, lora_r=8, lora_dropout=0.1, reward_function="x:y")
     policy, _ = load_policy(config)
@@ -190,7 +190,7 @@ def _free_port() -> int:
 
 def test_unreachable_endpoint_is_a_clear_error():
     url = f"http://127.0.0.1:{_free_port()}/score"
-    with pytest.raises(AlignkitError, match="unreachable after 2 tries"):
+    with pytest.raises(AlignkitError, match="did not answer after 2 tries"):
         HTTPReward(url, timeout=2, retries=1, backoff=0.0)(["p"], ["r"])
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
@@ -141,23 +140,3 @@ def _read_hub(name: str, split: str) -> list[dict]:
         raise AlignkitError(
             f"'{name}' is not a local file or directory and could not be loaded as a hub dataset ({reason}); check the path"
         ) from None
-
-
-def write_jsonl(rows, path: str | os.PathLike) -> int:
-    """Writes rows atomically (temp file in the same folder, then rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    count = 0
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return count

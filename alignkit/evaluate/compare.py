@@ -193,7 +193,7 @@ def compare_all(answers, scores, judged, kls, reference: str, tokenizer, config)
 
 def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str | Path) -> dict:
     """Answers, scores and comparisons of `models` (name -> model dir) against `models[reference]`; see the module doc."""
-    from alignkit.train.loop import write_json
+    from alignkit.io import write_json
 
     out_dir = Path(out_dir)
     if reference not in models:

@@ -11,11 +11,12 @@ why `alignkit eval` samples separate answers for it.
 
 from __future__ import annotations
 
-import contextlib
+
 import re
 from typing import Sequence
 
 import torch
+from alignkit.models.wrapping import adapters_disabled
 
 # Phrases that open or make a refusal. Matched case-insensitively anywhere in the answer,
 # so "I'm sorry, but I can't help with that" counts and "Sorry to hear that! Here is..." does not.
@@ -90,18 +91,6 @@ def answer_batch(tokenizer, prompts: Sequence, answers: Sequence[str]) -> dict[s
         prompt_ids.append(p)
         completion_ids.append(c)
     return collate_prompt_completions(prompt_ids, completion_ids, tokenizer.pad_token_id)
-
-
-@contextlib.contextmanager
-def adapters_disabled(model):
-    """The LoRA policy with its adapters off (its own reference)."""
-    inner = model
-    while not hasattr(inner, "disable_adapter") and hasattr(inner, "module"):
-        inner = inner.module
-    if not hasattr(inner, "disable_adapter"):
-        raise ValueError("the model has no LoRA adapters to disable; pass a reference model")
-    with inner.disable_adapter():
-        yield inner
 
 
 @torch.no_grad()

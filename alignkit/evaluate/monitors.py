@@ -48,7 +48,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from alignkit.config import MonitorConfig  # noqa: F401  (the `monitor:` settings live in the config layer; re-exported)
 from alignkit.evaluate.metrics import kl_to_reference, repetition_rate
+from alignkit.io import append_jsonl
+from alignkit.models.wrapping import strip_wrappers
 
 log = logging.getLogger("alignkit")
 
@@ -326,8 +329,7 @@ class TrainingMonitor:
 
     def after_step(self, step: int, model, rollout=None, prompt_rows=None) -> dict:
         """What the recipe calls once per optimizer step; returns metrics to log (empty on most steps)."""
-        while hasattr(model, "module"):
-            model = model.module
+        model = strip_wrappers(model)
         self.step = step
         metrics = {}
         if rollout is not None and self.proxy is not None and self.config.hacking_every and step % self.config.hacking_every == 0:
@@ -337,11 +339,10 @@ class TrainingMonitor:
         return metrics
 
     def _record(self, step: int, metrics: dict, alarms: list[str], examples: list[str]) -> None:
-        from alignkit.train.loop import write_json
+        from alignkit.io import write_json
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "monitor.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, **metrics, "alarms": alarms, "examples": examples}) + "\n")
+        append_jsonl(self.output_dir / "monitor.jsonl", {"step": step, **metrics, "alarms": alarms, "examples": examples})
         write_json(self.output_dir / "monitor.json", self.summary())
 
     def state_dict(self) -> dict:
@@ -357,7 +358,7 @@ class TrainingMonitor:
         """
         if not state:
             return
-        from alignkit.train.loop import truncate_log, write_json
+        from alignkit.io import truncate_log, write_json
 
         self.step = state["step"]
         self.detector.load_state_dict(state["detector"])
@@ -400,14 +401,10 @@ def build_monitor(config, stage: str, tokenizer, accelerator=None, proxy=None, g
     `proxy` is the recipe's training reward (a `rl.rewards.Rewards`, scored without updating
     its running statistics); `gold` a callable (prompts, answers, columns) -> floats.
     """
-    from alignkit.config import MonitorConfig, config_from_dict
     from alignkit.errors import AlignkitError
 
-    values = getattr(config, "monitor", None) or {}
-    if not values:
-        return NullMonitor()
-    settings = config_from_dict(MonitorConfig, values, f"{stage} monitor")
-    if not settings.every and not settings.hacking_every:
+    settings = getattr(config, "monitor", None)  # a MonitorConfig, validated when the config loaded; None: off
+    if settings is None or (not settings.every and not settings.hacking_every):
         return NullMonitor()
     source = settings.prompts or getattr(config, "eval_data", "")
     if settings.every and not source:

@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--endpoint", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (replaces --model)")
     parser.add_argument("--endpoint-model", default="default", help="model name sent to the endpoint")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per endpoint request")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds of each endpoint call, retries included")
     parser.add_argument("--retries", type=int, default=3, help="retries per endpoint request (5xx, 429, connection errors)")
     parser.add_argument("--constitution", help="Markdown file of principles (default: configs/constitution.md)")
     parser.add_argument("--limit", type=int, default=0, help="judge only the first N rows")
@@ -34,19 +34,18 @@ def add_arguments(parser) -> None:
 
 
 def _judge(args):
-    from alignkit.feedback.judge import make_judge
+    from alignkit.feedback.judge_backends import ANSWER_PREFIX, make_judge
 
     if args.endpoint:
-        return make_judge(endpoint=args.endpoint, model=args.endpoint_model, api_key=os.environ.get(args.api_key_env),
+        return make_judge(endpoint=args.endpoint, endpoint_model=args.endpoint_model, api_key=os.environ.get(args.api_key_env),
                           timeout=args.timeout, retries=args.retries)
-    from alignkit.feedback.judge import ANSWER_PREFIX
-
     prefix = ANSWER_PREFIX if args.answer_prefix is None else args.answer_prefix
     return make_judge(args.model, batch_size=args.batch_size, answer_prefix=prefix)
 
 
 def run(args) -> None:
-    from alignkit.data.load import load_rows, write_jsonl
+    from alignkit.data.load import load_rows
+    from alignkit.io import write_jsonl
     from alignkit.feedback import judge as J
 
     if not 0 <= args.min_strength <= 1:

@@ -232,7 +232,8 @@ def run_from_signals(args) -> None:
     from pathlib import Path
 
     from alignkit.config import load_config
-    from alignkit.data.load import load_rows, write_jsonl
+    from alignkit.data.load import load_rows
+    from alignkit.io import write_jsonl
 
     rules = load_config(SignalRules, args.rules)
     kto, pairs, summary = from_signals(load_rows(args.logs), rules)

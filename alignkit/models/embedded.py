@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.io import atomic_directory
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 TINY_ALIAS = "tiny-llama"
@@ -54,20 +54,11 @@ def _build_atomically(target: Path, build) -> Path:
     """Runs `build(tmp_folder)` and renames the folder to `target`; a concurrent builder may win the race."""
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    if target.exists():
+        shutil.rmtree(target)  # a leftover from an older, interrupted layout
+    with atomic_directory(target, keep_existing=True) as tmp:  # a concurrent builder may win the race
         build(tmp)
         (tmp / _COMPLETE_MARKER).write_text("ok\n")
-        if target.exists() and not is_complete(target):
-            shutil.rmtree(target)  # a leftover from an older, interrupted layout
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not is_complete(target):  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

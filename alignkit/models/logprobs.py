@@ -20,25 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from alignkit.models.wrapping import is_sharded, unwrap
+
 CHUNK_ROWS = 2048  # (2048, 49152) float32 logits = 400 MB: the most we materialise at once
-
-
-def unwrap(model):
-    """The innermost Hugging Face model under DDP/compile/PEFT wrappers."""
-    while True:
-        if hasattr(model, "module"):  # DDP / accelerate
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model"):  # PEFT: LoRA layers live inside the base modules
-            model = model.get_base_model()
-        else:
-            return model
-
-
-def is_sharded(model) -> bool:
-    """True under FSDP (1 or 2), whose parameters are only whole inside the wrapped forward."""
-    return any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in (model, unwrap(model)))
 
 
 def final_hidden_states(model, input_ids, attention_mask, position_ids=None):

@@ -1,7 +1,7 @@
 """The reference policy of direct alignment (DPO, KTO), three ways, shared by both recipes.
 
 Each strategy answers `logps(policy, examples, columns, batch, autocast)`: the reference's
-summed log-probs of those sequences (train/sequences.py), column-major, (len(columns) * B,).
+summed log-probs of those sequences (models/sequences.py), column-major, (len(columns) * B,).
 
 Reference strategies (config key `reference`):
 - copy: a frozen copy of the starting model, run beside the policy every step.
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.train.sequences import collate_sequences, sequence_logps, to_device
+from alignkit.io import atomic_file
+from alignkit.models.wrapping import adapters_disabled
+from alignkit.models.sequences import collate_sequences, sequence_logps, to_device
 
 log = logging.getLogger("alignkit")
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is computed, changes
@@ -49,21 +50,16 @@ class DisabledAdapter:
 
     name = "adapter"
 
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-
     @torch.no_grad()
     def logps(self, policy, examples, columns, batch, autocast) -> torch.Tensor:
-        peft_model = self.accelerator.unwrap_model(policy)
-        if not hasattr(peft_model, "disable_adapter"):
-            raise AlignkitError("reference: adapter needs a LoRA policy (lora_r > 0)")
-        was_training = peft_model.training
-        peft_model.eval()  # the reference is deterministic: no dropout
-        try:
-            with peft_model.disable_adapter(), autocast():
-                return sequence_logps(peft_model, batch)[0]
-        finally:
-            peft_model.train(was_training)
+        with adapters_disabled(policy) as peft_model:
+            was_training = peft_model.training
+            peft_model.eval()  # the reference is deterministic: no dropout
+            try:
+                with autocast():
+                    return sequence_logps(peft_model, batch)[0]
+            finally:
+                peft_model.train(was_training)
 
 
 class CachedLogps:
@@ -154,10 +150,8 @@ def precompute_logps(model, examples: list[dict], pad_id: int, batch_size: int, 
                 return table
         table = compute_logps(model, examples, pad_id, batch_size, accelerator.autocast, accelerator.device, share_prompt)
         if accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            torch.save({"logps": table, "format": CACHE_FORMAT, "weights": weights, "precision": precision}, tmp)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                torch.save({"logps": table, "format": CACHE_FORMAT, "weights": weights, "precision": precision}, tmp)
             log.info(f"reference log-probs: cached {len(examples)} examples in {path}")
     return table
 
@@ -190,7 +184,7 @@ def build_reference(config, policy, accelerator, splits: dict[str, list[dict]], 
     if strategy == "adapter":
         if not hasattr(policy, "disable_adapter"):
             raise AlignkitError("reference: adapter needs LoRA (set lora_r > 0); full fine-tuning uses reference: copy or precompute")
-        return {name: DisabledAdapter(accelerator) for name in splits}
+        return {name: DisabledAdapter() for name in splits}
     if strategy == "copy":
         reference = FrozenCopy(load_reference_model(config, accelerator))
         return {name: reference for name in splits}

@@ -45,8 +45,9 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.models.wrapping import disable_dropout
 from alignkit.models.load import DTYPES, add_lora, is_adapter_dir, load_causal_lm, load_tokenizer, resolve_model_path
-from alignkit.models.logprobs import unwrap
+from alignkit.models.wrapping import unwrap
 
 CONFIG_KEY = "alignkit_reward"
 ENSEMBLE_FILE = "ensemble.json"
@@ -123,15 +124,6 @@ def load_reward_backbone(args):
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
                          task_type="SEQ_CLS", modules_to_save=["score"])
     return model, tokenizer
-
-
-def disable_dropout(model) -> None:
-    """Sets every dropout in `model` to 0 (nn.Dropout modules and attention's functional dropout)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 # ---------------------------------------------------------------- the scalar head

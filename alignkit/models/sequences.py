@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from alignkit.data.collate import collate_prompt_completions, pad_sequences
-from alignkit.models.logprobs import _head_logprobs, final_hidden_states, is_sharded, sequence_logprobs, token_logprobs, unwrap
+from alignkit.models.logprobs import _head_logprobs, final_hidden_states, sequence_logprobs, token_logprobs
+from alignkit.models.wrapping import is_sharded, unwrap
 
 SHARED_PROMPT_ATTENTION = ("sdpa", "eager")  # implementations that accept a custom 4D mask
 

@@ -18,8 +18,8 @@ import contextlib
 
 import torch
 
-from alignkit.errors import AlignkitError
 from alignkit.losses.kl import kl_per_token
+from alignkit.models.wrapping import adapters_disabled
 from alignkit.rl.advantages import AdvantageInputs, compute_advantages
 from alignkit.rl.rollout import Rollout, generate, rollout_logprobs, select
 from alignkit.rl.value_model import logprobs_and_values
@@ -30,19 +30,9 @@ def needs_rollout_logps(config) -> bool:
     return config.ppo_epochs > 1 or config.num_minibatches > 1 or config.kl_in == "reward"
 
 
-@contextlib.contextmanager
 def reference_mode(policy, reference_model):
-    """Yields the model that computes pi_ref: a frozen copy, or the LoRA policy with adapters disabled."""
-    if reference_model is not None:
-        yield reference_model
-        return
-    peft_model = policy
-    while not hasattr(peft_model, "disable_adapter") and hasattr(peft_model, "module"):
-        peft_model = peft_model.module
-    if not hasattr(peft_model, "disable_adapter"):
-        raise AlignkitError("the reference needs either a LoRA policy (adapters disabled) or reference: copy")
-    with peft_model.disable_adapter():
-        yield peft_model
+    """The model that computes pi_ref: a frozen copy, or the LoRA policy with adapters disabled (a context manager)."""
+    return contextlib.nullcontext(reference_model) if reference_model is not None else adapters_disabled(policy)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
-from alignkit.models.logprobs import unwrap
+from alignkit.models.wrapping import unwrap
 from alignkit.rl.rollout import batch_logprobs
 
 

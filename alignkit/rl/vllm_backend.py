@@ -54,11 +54,9 @@ class VLLMGenerator:
 
     def sync_weights(self, policy) -> None:
         """Loads the policy's current weights (LoRA merged) into vLLM."""
-        from alignkit.models.logprobs import unwrap
+        from alignkit.models.wrapping import strip_wrappers, unwrap
 
-        model = policy
-        while hasattr(model, "module"):
-            model = model.module
+        model = strip_wrappers(policy)
         merged = hasattr(model, "merge_adapter")
         if merged:
             model.merge_adapter()

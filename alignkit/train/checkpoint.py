@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.train.loop import atomic_directory
+from alignkit.io import atomic_directory
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 

@@ -3,7 +3,7 @@
 config -> setup (model, pairs, reference, optimizer) -> loop (accumulate, clip, step, log, eval, save) -> save.
 Chosen and rejected completions go through the policy in one forward (the LM head
 only on completion tokens); the reference log-probs come from a frozen copy, the
-LoRA base with adapters off, or a cache computed once (train/reference.py). The
+LoRA base with adapters off, or a cache computed once (models/reference.py). The
 loss is `losses.preference.preference_loss(config.loss, ...)`: a variant is a
 table entry there, not a branch here.
 """
@@ -26,12 +26,10 @@ from alignkit.evaluate.monitors import build_monitor
 from alignkit.losses.preference import PREFERENCE_LOSSES, PairLogps, preference_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import (
-    BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log,
-    make_accelerator, save_model, split_holdout, total_optimizer_steps, write_json,
-)
-from alignkit.train.reference import build_reference
-from alignkit.train.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
+from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, save_model, split_holdout, total_optimizer_steps
+from alignkit.io import write_json
+from alignkit.models.reference import build_reference
+from alignkit.models.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
 
 PAIR_KINDS = ("preference",)
 BOTH = (0, 1)  # sequence columns: chosen, rejected

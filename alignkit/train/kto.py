@@ -28,12 +28,10 @@ from alignkit.losses.kto import kto_kl_estimate, kto_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from alignkit.train.dpo import format_summary, optimizer_step, sequence_tokens
-from alignkit.train.loop import (
-    BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log,
-    make_accelerator, save_model, split_holdout, total_optimizer_steps, write_json,
-)
-from alignkit.train.reference import build_reference
-from alignkit.train.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
+from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, save_model, split_holdout, total_optimizer_steps
+from alignkit.io import write_json
+from alignkit.models.reference import build_reference
+from alignkit.models.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
 
 UNPAIRED_KINDS = ("unpaired_preference",)
 DEFAULT_BETA = 0.1

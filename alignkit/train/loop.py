@@ -6,19 +6,15 @@ no base Trainer class with hooks to chase.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.io import append_jsonl, atomic_directory, truncate_log
 
 log = logging.getLogger("alignkit")
 
@@ -151,20 +147,6 @@ def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- logging
 
-def _logged_step(line: str) -> float:
-    """A JSONL log line's step; a line cut short by a kill counts as after every checkpoint (dropped)."""
-    try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return math.inf
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Keeps the lines of a JSONL log (metrics.jsonl, monitor.jsonl) up to `step`, so a resumed run appends from its checkpoint."""
-    kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step] if path.is_file() else []
-    path.write_text("".join(line + "\n" for line in kept))
-
-
 class MetricsLogger:
     """One JSON object per logged step in `<output_dir>/metrics.jsonl`, plus TensorBoard scalars."""
 
@@ -186,8 +168,7 @@ class MetricsLogger:
             return
         values = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         if "jsonl" in self.report_to:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps({"step": step, **values}) + "\n")
+            append_jsonl(self.path, {"step": step, **values})
         if self.writer:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -251,28 +232,6 @@ class NanGuard:
 
 # ---------------------------------------------------------------- saving
 
-@contextlib.contextmanager
-def atomic_directory(target: str | Path):
-    """Yields a temporary folder beside `target` and renames it to `target` only if the block succeeds.
-
-    An existing `target` stays in place, and loadable, until the new one is complete.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_model(accelerator, model, tokenizer, output_dir: str | Path, merge_lora: bool = True, extra_files: dict | None = None) -> Path:
     """Saves the final model as `<output_dir>/model` (a plain HF directory); LoRA adds `<output_dir>/adapter`.
 
@@ -300,12 +259,3 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path, merge_lora
         for name, content in (extra_files or {}).items():
             Path(tmp, name).write_text(content)
     return output_dir / "model"
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

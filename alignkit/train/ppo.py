@@ -32,11 +32,12 @@ from tqdm.auto import tqdm
 
 from alignkit.config import PPOConfig, config_from_dict, save_config
 from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, load_dataset
-from alignkit.data.load import write_jsonl
+from alignkit.io import write_jsonl
+from alignkit.models.wrapping import strip_wrappers
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.monitors import build_monitor
 from alignkit.models.load import count_parameters, load_policy
-from alignkit.models.logprobs import unwrap
+from alignkit.models.wrapping import unwrap
 from alignkit.rl.experience import make_experience
 from alignkit.rl.frozen_bf16 import cast_frozen_linears, restore_frozen_linears
 from alignkit.rl.kl_control import KL_CONTROLLERS
@@ -45,9 +46,8 @@ from alignkit.rl.rollout import encode_prompts
 from alignkit.rl.update import policy_update
 from alignkit.rl.value_model import build_value_model
 from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import (
-    BatchStream, MetricsLogger, NanGuard, build_optimizer, build_scheduler, log, make_accelerator, save_model, write_json,
-)
+from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, build_optimizer, build_scheduler, log, make_accelerator, save_model
+from alignkit.io import write_json
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -85,7 +85,7 @@ def disable_dropout(model) -> None:
 
 def load_reference(config, accelerator):
     """A frozen copy of the starting policy, or None to use the LoRA policy with adapters disabled."""
-    from alignkit.train.reference import load_reference_model, resolve_strategy
+    from alignkit.models.reference import load_reference_model, resolve_strategy
 
     return load_reference_model(config, accelerator) if resolve_strategy(config) == "copy" else None
 
@@ -120,7 +120,7 @@ def _score_answers(model, tokenizer, prompts, columns, rewards, gold, config, pr
     """(metrics, one record per answer) for one answer per entry of `prompts`."""
     from alignkit.models.generation import generate_answers
 
-    answers = generate_answers(unwrap_for_generation(model), tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+    answers = generate_answers(strip_wrappers(model), tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                batch_size=max(config.batch_size, 16), do_sample=do_sample, temperature=config.temperature,
                                top_p=config.top_p, bf16=config.mixed_precision == "bf16")
     result = rewards(prompts, answers, columns, update_stats=False)
@@ -139,12 +139,6 @@ def _score_answers(model, tokenizer, prompts, columns, rewards, gold, config, pr
 def answers_file(config, accelerator, step: int) -> str | None:
     """Where evaluation `step`'s answers go (the main process writes them): <output_dir>/eval_answers/step-N.jsonl."""
     return f"{config.output_dir}/eval_answers/step-{step}.jsonl" if accelerator.is_main_process else None
-
-
-def unwrap_for_generation(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def make_generator(config, tokenizer):
@@ -243,7 +237,7 @@ def train_online(config: PPOConfig, stage: str = "ppo") -> dict:
         step_started = time.perf_counter()
         indices = stream.next_step(1)[0]
         rollout, experience = make_experience(
-            unwrap_for_generation(policy), tokenizer, [prompt_ids[i] for i in indices], [rows[i] for i in indices], config,
+            strip_wrappers(policy), tokenizer, [prompt_ids[i] for i in indices], [rows[i] for i in indices], config,
             rewards, kl_coef, reference, value_model, accelerator.autocast, generator)
         metrics = {**policy_update(policy, value_model, optimizer, scheduler, accelerator, rollout, config, kl_coef, shuffle,
                                    nan_guard, step), **experience}

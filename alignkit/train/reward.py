@@ -6,7 +6,7 @@ scalar head, optimizer, bootstrap resample) -> loop (accumulate, clip, step, log
 
 The loss is Bradley-Terry (`losses.reward.bradley_terry_loss`). Chosen and rejected go
 through one forward pass: by default each pair is one row, prompt + chosen + rejected,
-with the prompt computed once (`collate_pairs`, on the layouts of `train.sequences`). Held-out metrics are
+with the prompt computed once (`collate_pairs`, on the layouts of `models.sequences`). Held-out metrics are
 accuracy, mean margin, the expected calibration error of sigmoid(r_c - r_r) and, when
 the data has a `strength` column, accuracy per strength.
 """
@@ -28,14 +28,14 @@ from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_promp
 from alignkit.errors import AlignkitError
 from alignkit.losses.reward import accuracy_by_strength, bradley_terry_loss, pair_metrics, pairwise_calibration_error
 from alignkit.models.load import count_parameters, load_tokenizer
-from alignkit.models.logprobs import final_hidden_states, unwrap
+from alignkit.models.logprobs import final_hidden_states
+from alignkit.models.wrapping import unwrap
 from alignkit.models.reward import CONFIG_KEY, ENSEMBLE_FILE, load_reward_backbone, score_head
 from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import (
-    BatchStream, MetricsLogger, NanGuard, Throughput, atomic_directory, build_optimizer, build_scheduler, global_sum, log,
-    make_accelerator, split_holdout, total_optimizer_steps, write_json,
-)
-from alignkit.train.sequences import collate_sequences, supports_shared_prompt
+from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, split_holdout, total_optimizer_steps
+from alignkit.io import atomic_directory, write_json
+from alignkit.models.wrapping import strip_wrappers
+from alignkit.models.sequences import collate_sequences, supports_shared_prompt
 
 PREFERENCE_HINT = ("; a reward model learns from pairs: give each prompt a `chosen` and a `rejected` response "
                    "(rows with prompt, completion and label go to `alignkit kto`)")
@@ -139,7 +139,7 @@ def load_reward_data(config: RewardConfig, tokenizer):
 # ---------------------------------------------------------------- rewards of pairs, one forward pass
 
 def collate_pairs(examples: list[dict], pad_id: int, share_prompt: bool = True) -> dict[str, torch.Tensor]:
-    """A batch of B pairs for `pair_rewards`, in either layout of `train.sequences`.
+    """A batch of B pairs for `pair_rewards`, in either layout of `models.sequences`.
 
     share_prompt: one row per pair, prompt + chosen + rejected, where the rejected tokens
     cannot see the chosen ones and restart their positions after the prompt, so each
@@ -345,8 +345,7 @@ def save_reward_model(model, tokenizer, path: str | Path, stats: dict) -> Path:
 
 def unwrap_for_save(model):
     """The plain transformers model: DDP/compile wrappers removed, a LoRA adapter merged into a copy."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
+    model = strip_wrappers(model)
     if hasattr(model, "peft_config"):
         import copy
 

@@ -26,10 +26,8 @@ from alignkit.losses.sft import sft_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.logprobs import token_logprobs
 from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import (
-    BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log,
-    make_accelerator, save_model, split_holdout, total_optimizer_steps, write_json,
-)
+from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, save_model, split_holdout, total_optimizer_steps
+from alignkit.io import write_json
 
 SFT_KINDS = ("language_modeling", "prompt_completion")
 

@@ -24,14 +24,13 @@ Standard library only, so importing it costs milliseconds.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 from alignkit.data.tasks.hhh_mini_items import ARITHMETIC_OPS, CATEGORIES, Item, _arithmetic_capacity, _arithmetic_stream, _universe
 from alignkit.errors import AlignkitError
+from alignkit.io import write_jsonl
 
 # The gold judge lives in hhh_mini_gold. Re-exported so that `alignkit.data.tasks.hhh_mini`
 # stays the one import path for the task: rl/rewards.py's "hhh-mini-gold" alias
@@ -168,20 +167,6 @@ def write_dataset(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 800,
         for name, build_rows in ROW_BUILDERS.items():
             rows = build_rows(examples)
             filename = f"{name}_{split}.jsonl"
-            _write_jsonl_atomically(out / filename, rows)
+            write_jsonl(rows, out / filename)
             counts[filename] = len(rows)
     return counts
-
-
-def _write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            for row in rows:
-                file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes files private; datasets are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

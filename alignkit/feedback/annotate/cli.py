@@ -79,7 +79,7 @@ def run(args) -> None:
         created = Store(args.db).add_annotator(args.name)
         print(f"annotator {created['name']} (id {created['id']}); token, shown once: {created['token']}")
     elif args.annotate_command == "export":
-        from alignkit.data.load import write_jsonl
+        from alignkit.io import write_jsonl
 
         count = write_jsonl(export_rows(Store(args.db).votes(), args.aggregate, args.ties), args.out)
         print(f"wrote {count} preference rows to {args.out}")
