@@ -42,7 +42,7 @@ from alignkit.models.generation import generate_answers  # noqa: E402
 from alignkit.models.load import load_causal_lm, load_tokenizer  # noqa: E402
 from alignkit.train import dpo, kto  # noqa: E402
 from alignkit.train.dpo import tokenize_pairs  # noqa: E402
-from alignkit.train.reference import compute_logps  # noqa: E402
+from alignkit.models.reference import compute_logps  # noqa: E402
 
 LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "batch_size": 8, "max_length": 256,
         "warmup_ratio": 0.1, "lr_scheduler": "cosine", "reference": "precompute", "seed": 0, "report_to": ["jsonl"]}
