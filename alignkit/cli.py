@@ -17,13 +17,13 @@ from alignkit.errors import AlignkitError
 
 # command -> (config class path, run function path, one-line description)
 STAGES = {
-    "sft": ("alignkit.config:SFTConfig", "alignkit.train.sft:train_sft", "supervised fine-tuning, loss on responses only"),
-    "dpo": ("alignkit.config:DPOConfig", "alignkit.train.dpo:train_dpo", "direct alignment on preference pairs: DPO, IPO, hinge, robust, SimPO, ORPO (--loss)"),
-    "kto": ("alignkit.config:KTOConfig", "alignkit.train.kto:train_kto", "direct alignment on unpaired good/bad completions (KTO)"),
-    "ppo": ("alignkit.config:PPOConfig", "alignkit.train.ppo:train_ppo", "online RL: PPO with a value model; REINFORCE, RLOO, GRPO via --advantage"),
-    "grpo": ("alignkit.config:GRPOConfig", "alignkit.train.grpo:train_grpo", "online RL: GRPO (G samples per prompt, group baseline, KL in the loss)"),
+    "sft": ("alignkit.config:SFTConfig", "alignkit.api:sft", "supervised fine-tuning, loss on responses only"),
+    "dpo": ("alignkit.config:DPOConfig", "alignkit.api:dpo", "direct alignment on preference pairs: DPO, IPO, hinge, robust, SimPO, ORPO (--loss)"),
+    "kto": ("alignkit.config:KTOConfig", "alignkit.api:kto", "direct alignment on unpaired good/bad completions (KTO)"),
+    "ppo": ("alignkit.config:PPOConfig", "alignkit.api:ppo", "online RL: PPO with a value model; REINFORCE, RLOO, GRPO via --advantage"),
+    "grpo": ("alignkit.config:GRPOConfig", "alignkit.api:grpo", "online RL: GRPO (G samples per prompt, group baseline, KL in the loss)"),
     "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo pipeline (configs/demo.yaml) on the embedded model and hhh-mini: SFT, reward, GRPO, DPO, eval, report"),
-    "reward": ("alignkit.config:RewardConfig", "alignkit.train.reward:train_reward", "Bradley-Terry reward model on preference pairs (--ensemble K for an ensemble)"),
+    "reward": ("alignkit.config:RewardConfig", "alignkit.api:reward", "Bradley-Terry reward model on preference pairs (--ensemble K for an ensemble)"),
 }
 # other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
 COMMANDS = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.config_loader import (  # noqa: F401  (re-exported: callers import the machinery from alignkit.config)
-    _coerce, choose, config_from_dict, field_help, load_config, option, parse_overrides, read_yaml, save_config, to_dict,
+    _coerce, choose, config_from_dict, config_with_overrides, field_help, load_config, option, parse_overrides, read_yaml, save_config, to_dict,
 )
 from alignkit.errors import AlignkitError
 from alignkit.losses.kl import KL_ESTIMATORS

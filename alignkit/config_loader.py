@@ -214,3 +214,9 @@ def to_dict(config) -> dict:
 
 def save_config(config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def config_with_overrides(cls, config=None, overrides: dict | None = None, source: str = "config"):
+    """A validated `cls` from a `cls` instance, a dict or None, with keyword overrides on top (the Python entry points)."""
+    base = dataclasses.asdict(config) if isinstance(config, cls) else dict(config or {})
+    return config_from_dict(cls, {**base, **(overrides or {})}, source)

@@ -28,6 +28,7 @@ from pathlib import Path
 from alignkit.config import (
     DPOConfig, EvalConfig, GRPOConfig, PipelineConfig, PPOConfig, RewardConfig, SFTConfig, config_from_dict, load_config, to_dict,
 )
+from alignkit import api
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit")
@@ -107,22 +108,11 @@ def stage_output(name: str, config: PipelineConfig) -> Path:
 
 
 def run_stage(name: str, configs: dict, pipeline: PipelineConfig):
-    if name == "sft":
-        from alignkit.train.sft import train_sft
-
-        return train_sft(configs["sft"])
-    if name == "reward":
-        from alignkit.train.reward import train_reward
-
-        return train_reward(configs["reward"])
+    """Runs one pipeline stage; training stages go through alignkit.api, which builds their monitors."""
+    if name in ("sft", "reward", "dpo"):
+        return api.run_stage(name, configs[name])
     if name == "policy":
-        from alignkit.train.ppo import train_online
-
-        return train_online(configs["policy"], pipeline.policy)
-    if name == "dpo":
-        from alignkit.train.dpo import train_dpo
-
-        return train_dpo(configs["dpo"])
+        return api.run_online(configs["policy"], pipeline.policy)
     if name == "eval":
         from alignkit.evaluate.compare import evaluate_models
 

@@ -125,7 +125,8 @@ def judge(run: Path, method: str, model: str, samples: int, path: Path) -> Path:
     from alignkit.config import load_config
     from alignkit.models.load import load_causal_lm, load_tokenizer
     from alignkit.rl.rewards import FunctionReward, build_rewards
-    from alignkit.train.ppo import evaluate_policy, load_prompts, reward_specs
+    from alignkit.train.online_eval import evaluate_policy
+    from alignkit.train.ppo import load_prompts, reward_specs
 
     config = load_config(_resolve(STAGES[method][0]), run / "config.yaml", {"model": model, "eval_samples": samples, "seed": 0})
     tokenizer, policy = load_tokenizer(model), load_causal_lm(model)

@@ -106,10 +106,10 @@ def _log(path: Path) -> list[dict]:
 
 
 def record(name: str, recipe: str, config: dict, root: Path) -> dict:
-    import alignkit.train
+    import alignkit.api
 
     output_dir = root / name
-    getattr(alignkit.train, recipe)({**config, "output_dir": str(output_dir)})
+    getattr(alignkit.api, recipe)({**config, "output_dir": str(output_dir)})
     logs = {str(p.relative_to(output_dir)): _log(p) for p in sorted(output_dir.rglob("*.jsonl")) if "eval_answers" not in str(p)}
     return {"logs": logs, "weights": tensor_digests(output_dir)}
 

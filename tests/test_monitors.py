@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from alignkit.evaluate.metrics import distinct_n, refusal_rate, repetition_rate, text_metrics
-from alignkit.evaluate.monitors import Check, HackingAlarms, OverOptimizationDetector, pearson, trend, truncation_gain
+from alignkit.evaluate.alarms import Check, HackingAlarms, OverOptimizationDetector, pearson, trend, truncation_gain
 
 
 def capitalized_words(prompts, responses, **columns):
@@ -103,7 +103,7 @@ def test_monitor_state_round_trips_through_json_and_drops_checks_after_the_check
     from alignkit.evaluate.monitors import NullMonitor, TrainingMonitor
 
     def monitor():
-        return TrainingMonitor(MonitorConfig(every=0, patience=2), str(tmp_path), None, [], proxy=None, gold=None)
+        return TrainingMonitor(MonitorConfig(every=0, patience=2), str(tmp_path), [], proxy=None, gold=None)
 
     before = monitor()
     _feed(before.detector, [(1, 0.0, 0.6, 0.0), (2, 0.5, 0.4, 1.0)])  # one alarmed check of the two patience needs
@@ -131,12 +131,12 @@ def _prompts(write_jsonl):
 
 def test_alarm_fires_and_stops_an_over_optimized_grpo_run(tmp_path, write_jsonl, tiny_path):
     """beta = 0 against a proxy that pays for capitalised words, with a gold that pays for lower-case prose."""
-    import alignkit.train
+    import alignkit
 
     train, held_out = _prompts(write_jsonl)
     monitor = {"every": 2, "prompts": held_out, "gold": f"{__name__}:lowercase_words", "gold_drop": 0.15,
                "stop_on_alarm": True, "patience": 2, "max_new_tokens": 8}  # two checks in a row: one noisy check is no alarm
-    alignkit.train.grpo(model=tiny_path, data=train, reward_function=f"{__name__}:capitalized_words", kl_coef=0.0,
+    alignkit.grpo(model=tiny_path, data=train, reward_function=f"{__name__}:capitalized_words", kl_coef=0.0,
                         output_dir=str(tmp_path / "grpo"), mixed_precision="no", max_new_tokens=8, learning_rate=3e-2,
                         report_to=["jsonl"], batch_size=32, seed=0, max_steps=30, prompts_per_step=8, group_size=8,
                         monitor=monitor)
@@ -153,11 +153,11 @@ def test_alarm_fires_and_stops_an_over_optimized_grpo_run(tmp_path, write_jsonl,
 
 
 def test_dpo_monitor_uses_the_implicit_reward_and_the_adapter_reference(tmp_path, write_jsonl, tiny_path):
-    import alignkit.train
+    import alignkit
 
     pairs = write_jsonl([{"prompt": f"Say something about {i}.", "chosen": "a calm short answer", "rejected": "LOUD WORDS HERE"}
                          for i in range(16)], "pairs.jsonl")
-    alignkit.train.dpo(model=tiny_path, data=pairs, eval_data=pairs, output_dir=str(tmp_path / "dpo"), lora_r=8,
+    alignkit.dpo(model=tiny_path, data=pairs, eval_data=pairs, output_dir=str(tmp_path / "dpo"), lora_r=8,
                        learning_rate=5e-3, batch_size=4, max_steps=4, mixed_precision="no", report_to=["jsonl"],
                        monitor={"every": 2, "gold": f"{__name__}:lowercase_words", "max_prompts": 8, "max_new_tokens": 6})
     checks = [json.loads(line) for line in (tmp_path / "dpo" / "monitor.jsonl").read_text().splitlines()]

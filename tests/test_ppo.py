@@ -15,7 +15,8 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.rl.rewards import FunctionReward, HTTPReward, Rewards, build_rewards
-from alignkit.rl.rollout import cut_at_eos, encode_prompts, generate, pack_rollout, rollout_logprobs, select
+from alignkit.rl.rollout import cut_at_eos, encode_prompts, generate, pack_rollout, select
+from alignkit.rl.scoring import rollout_logprobs
 
 
 def capitalized_words(prompts, responses, **columns):
@@ -74,7 +75,8 @@ def test_old_and_new_logprobs_agree_at_step_zero(tiny_path, tokenizer):
     """The rollout's log-probs (no grad, whole batch) equal the training forward's (grad, other micro-batches): ratio 1."""
     from alignkit.config import PPOConfig
     from alignkit.models.load import load_policy
-    from alignkit.rl.value_model import ValueHead, logprobs_and_values
+    from alignkit.rl.scoring import logprobs_and_values
+    from alignkit.rl.value_model import ValueHead
     from alignkit.models.wrapping import disable_dropout
 
     config = PPOConfig(model=tiny_path, lora_r=8, lora_dropout=0.1, reward_function="x:y")
@@ -103,7 +105,7 @@ def test_sampled_evaluation_repeats_itself_and_leaves_training_randomness_alone(
     """eval_samples: k sampled answers per prompt from the eval's own seeded stream, the same at every evaluation;
     every answer and its scores are written out."""
     from alignkit.config import PPOConfig
-    from alignkit.train.ppo import evaluate_policy
+    from alignkit.train.online_eval import evaluate_policy
 
     config = PPOConfig(model="tiny", reward_function="x:y", eval_samples=3, max_new_tokens=8, mixed_precision="no", seed=5)
     rows = [{"prompt": p, "topic": t} for p, t in (("Tell me a story.", "a"), ("Name a colour.", "b"))]
@@ -291,7 +293,7 @@ def test_frozen_bf16_weights_give_identical_logprobs_under_autocast(tiny_path):
     from alignkit.config import PPOConfig
     from alignkit.models.load import load_policy
     from alignkit.rl.frozen_bf16 import cast_frozen_linears, restore_frozen_linears
-    from alignkit.rl.rollout import batch_logprobs
+    from alignkit.rl.scoring import batch_logprobs
 
     policy, _ = load_policy(PPOConfig(model=tiny_path, lora_r=8, lora_dropout=0.0, reward_function="x:y"))
     for name, param in policy.named_parameters():
@@ -315,7 +317,9 @@ def test_separate_critic_learns_and_target_kl_stops_early(tiny_path, tokenizer):
     from alignkit.config import PPOConfig
     from alignkit.models.load import load_causal_lm
     from alignkit.rl.experience import make_experience
-    from alignkit.rl.update import policy_update
+    from alignkit.train.loop import NanGuard
+    from alignkit.train.ppo_update import policy_update
+    from alignkit.train.run import Run
     from alignkit.rl.value_model import Critic, build_value_model
     from alignkit.train.loop import build_optimizer, build_scheduler
 
@@ -332,14 +336,14 @@ def test_separate_critic_learns_and_target_kl_stops_early(tiny_path, tokenizer):
     params = torch.nn.ModuleDict({"policy": policy, "value": critic})
     optimizer = build_optimizer(params, config)
     scheduler = build_scheduler(optimizer, config, 100)
-    accelerator = Accelerator(cpu=True)
-    losses = [policy_update(policy, critic, optimizer, scheduler, accelerator, rollout, config, 0.05)["value/loss"] for _ in range(6)]
+    run = Run(config, "ppo", Accelerator(cpu=True), 0.0, Path("."), NanGuard(5))
+    losses = [policy_update(run, policy, critic, optimizer, scheduler, rollout, config, 0.05)["value/loss"] for _ in range(6)]
     assert losses[-1] < 0.5 * losses[0], losses
     # with V_old = 0 and clipping at 0.2 the fitted critic (V ~ returns) is outside the range: the clipped term wins
     clipped = PPOConfig(**{**config.__dict__, "vf_clip": 0.2})
     rollout.extras["values"] = torch.zeros_like(rollout.extras["values"])
-    assert policy_update(policy, critic, optimizer, scheduler, accelerator, rollout, clipped, 0.05)["value/clipfrac"] > 0.9
-    stopped = policy_update(policy, critic, optimizer, scheduler, accelerator, rollout,
+    assert policy_update(run, policy, critic, optimizer, scheduler, rollout, clipped, 0.05)["value/clipfrac"] > 0.9
+    stopped = policy_update(run, policy, critic, optimizer, scheduler, rollout,
                             PPOConfig(**{**config.__dict__, "ppo_epochs": 4, "target_kl": 1e-12}), 0.05)
     assert stopped["policy/early_stopped"] == 1 and stopped["policy/optimizer_steps"] == 1
 

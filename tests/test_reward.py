@@ -121,7 +121,7 @@ def test_pad_token_is_not_eos(tiny_reward_model):
 
 def test_shared_prompt_rows_match_separate_sequences_and_swapping_flips_the_margin(tiny_reward_model):
     from alignkit.models.reward import pad_right, sequence_rewards
-    from alignkit.train.reward import collate_pairs, pair_rewards
+    from alignkit.models.reward import collate_pairs, pair_rewards
 
     model, tokenizer = tiny_reward_model
     rows = pairs(3, 0) + [{"prompt": "A much longer question about the moon and the tides?", "chosen": "", "rejected": "Tides."}]
@@ -246,7 +246,7 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path, tiny_path, write_j
 
 def test_bad_pairs_are_counted_and_handled_per_config(tiny_path, tokenizer):
     from alignkit.config import RewardConfig
-    from alignkit.train.reward import tokenize_pairs
+    from alignkit.data.pairs import tokenize_pairs
 
     long_prompt = "Tell me everything about " + "very " * 80 + "long rivers."
     rows = list(enumerate([

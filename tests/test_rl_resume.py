@@ -3,6 +3,7 @@ run's metrics and weights bit for bit (fp32 on CPU); NaN losses skip optimizer s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from pathlib import Path
@@ -36,7 +37,7 @@ def _metrics(run: Path) -> list[str]:
 
 def _run_stopped_then_resumed(stage: str, tmp_path, tiny_path, write_jsonl, monkeypatch, stop_in_step: int, resume, **overrides):
     """The uninterrupted run, and a run interrupted during step `stop_in_step` then resumed; returns both summaries."""
-    train = getattr(importlib.import_module(f"alignkit.train.{stage}"), f"train_{stage}")
+    train = functools.partial(importlib.import_module("alignkit.api").run_stage, stage)  # builds the monitor, as the CLI does
     from alignkit.config import GRPOConfig, PPOConfig, config_from_dict
 
     config_class = {"ppo": PPOConfig, "grpo": GRPOConfig}[stage]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from alignkit.models.sampling import sample, sample_tokens
-from alignkit.rl.rollout import encode_prompts, generate, rollout_logprobs, select
+from alignkit.rl.rollout import encode_prompts, generate, select
+from alignkit.rl.scoring import rollout_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_sampled_tokens_follow_the_softmax_and_hf_top_p():
 def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tiny_path, tokenizer):
     from alignkit.config import PPOConfig
     from alignkit.models.load import load_policy
-    from alignkit.rl.rollout import batch_logprobs
+    from alignkit.rl.scoring import batch_logprobs
 
     policy, _ = load_policy(PPOConfig(model=tiny_path, lora_r=8, lora_dropout=0.0, reward_function="x:y"))
     with torch.no_grad():  # adapters that change the output, so their gradients are not trivial

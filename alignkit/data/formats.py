@@ -182,3 +182,11 @@ def preference_to_unpaired(rows: list[dict]) -> list[dict]:
         out.append({**extra, "completion": row["chosen"], "label": True})
         out.append({**extra, "completion": row["rejected"], "label": False})
     return out
+
+
+def prompt_columns(rows: list[dict], index=None) -> dict[str, list]:
+    """The prompt rows' other columns (what reward functions receive as keywords), one value per entry of `index`
+    (row positions; a response's prompt), or per row."""
+    index = range(len(rows)) if index is None else index
+    names = sorted({k for row in rows for k in row} - {"prompt"})
+    return {name: [rows[i].get(name) for i in index] for name in names}

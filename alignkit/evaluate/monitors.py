@@ -1,9 +1,12 @@
 """Over-optimization and reward-hacking monitors that PPO, GRPO and DPO call while they train.
 
-The recipe side is three lines (setup, one call per step, stop):
+The monitor is built from the config's `monitor:` section above the recipes (the command line,
+the pipeline, `alignkit.grpo(...)`) and passed in; the recipe hands it what only the recipe has,
+then calls it once per step (train/monitor.py is the protocol):
 
-    monitor = build_monitor(config, "ppo", tokenizer, accelerator, proxy=rewards, gold=gold)
-    ...
+    monitor = build_monitor(config, "ppo")          # held-out rows, gold, judge: fails before any model loads
+    ...                                             # inside the recipe:
+    monitor.bind(accelerator=..., tokenizer=..., reference=..., proxy=rewards, gold=gold)
         metrics.update(monitor.after_step(step, policy, rollout, prompt_rows))
         if monitor.stop: break
 
@@ -22,11 +25,16 @@ with the best held-out gold (else judge, else proxy) is saved as `<output_dir>/b
 (early stopping keeps the best, not the last). Checks go to `<output_dir>/monitor.jsonl`
 and the state to `<output_dir>/monitor.json`.
 
+The KL's reference is the recipe's own: its frozen copy, or the LoRA policy with adapters off;
+only a full fine-tune without a reference model in memory (DPO with `reference: precompute`)
+makes the monitor load a copy, on the accelerator's device, at its first check.
+
 **Reward hacking** (on each training batch of online RL, on the held-out answers for DPO):
 the Pearson correlation between reward and answer length and its trend over the last
 `trend_window` batches, the repetition rate, and the *truncation gain*: the proxy reward of
 an answer minus that of its first `truncation_fraction` of words, in units of the batch's
-reward std. A reward that pays for length shows a high correlation and a positive gain;
+reward std. A training batch's rewards are the ones the rollout already computed; only the
+cut answers are scored anew. A reward that pays for length shows a high correlation and a positive gain;
 a warning is printed when a threshold is crossed.
 
 Without a `monitor:` section (or with `every: 0` and `hacking_every: 0`) `build_monitor`
@@ -39,202 +47,46 @@ wrote after the checkpoint, so the resumed run repeats the uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from alignkit.config import MonitorConfig  # noqa: F401  (the `monitor:` settings live in the config layer; re-exported)
-from alignkit.evaluate.metrics import kl_to_reference, repetition_rate
-from alignkit.io import append_jsonl
-from alignkit.models.wrapping import strip_wrappers
+from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, load_dataset, prompt_columns
+from alignkit.errors import AlignkitError
+from alignkit.evaluate.alarms import Check, HackingAlarms, OverOptimizationDetector, Score, truncation_gain  # noqa: F401
+from alignkit.evaluate.metrics import kl_to_reference
+from alignkit.evaluate.winrate import outcomes_from_judge
+from alignkit.feedback.judge import judge_pairs, make_judge, read_constitution
+from alignkit.io import append_jsonl, truncate_log, write_json
+from alignkit.models.generation import generate_answers
+from alignkit.models.load import load_causal_lm
+from alignkit.models.wrapping import adapters_disabled, strip_wrappers
+from alignkit.rl.rewards import FunctionReward, build_rewards
+from alignkit.train.loop import save_model
+from alignkit.train.monitor import NullMonitor  # noqa: F401  (re-exported)
 
 log = logging.getLogger("alignkit")
 
-Score = Callable[[list, list[str], dict], list[float]]  # (prompts, answers, columns) -> one number per answer
-
-
-# ---------------------------------------------------------------- pure logic
-
-@dataclass
-class Check:
-    step: int
-    proxy: float
-    gold: float | None = None
-    judge: float | None = None
-    kl: float | None = None
-
-    @property
-    def target(self) -> float:
-        """What early stopping maximises: gold, else the judge's win rate, else the proxy."""
-        return next(v for v in (self.gold, self.judge, self.proxy) if v is not None)
-
-
-@dataclass
-class OverOptimizationDetector:
-    """Alarms from the history of held-out checks; no models, so it is tested on made-up numbers."""
-
-    gold_drop: float = 0.05
-    proxy_rise: float = 0.0
-    kl_budget: float = 0.0
-    patience: int = 1
-    checks: list = field(default_factory=list)
-    alarmed_in_a_row: int = 0
-
-    @property
-    def best(self) -> Check | None:
-        return max(self.checks, key=lambda c: c.target) if self.checks else None
-
-    def update(self, check: Check) -> list[str]:
-        """Adds a check; returns its alarms (empty when all is well)."""
-        self.checks.append(check)
-        alarms = []
-        held_out = check.gold if check.gold is not None else check.judge
-        if held_out is not None:
-            name = "gold" if check.gold is not None else "judge"
-            peak = max(self.checks, key=lambda c: c.gold if c.gold is not None else c.judge)
-            peak_value = peak.gold if peak.gold is not None else peak.judge
-            if peak.step < check.step and peak_value - held_out > self.gold_drop and check.proxy - peak.proxy > self.proxy_rise:
-                alarms.append(f"over-optimization: held-out {name} fell {peak_value:.3f} -> {held_out:.3f} since step {peak.step} "
-                              f"while the proxy reward rose {peak.proxy:.3f} -> {check.proxy:.3f}")
-        if self.kl_budget > 0 and check.kl is not None and check.kl > self.kl_budget:
-            alarms.append(f"KL budget exceeded: KL(policy || reference) = {check.kl:.2f} nats per answer > kl_budget {self.kl_budget:g}")
-        self.alarmed_in_a_row = self.alarmed_in_a_row + 1 if alarms else 0
-        return alarms
-
-    @property
-    def should_stop(self) -> bool:
-        return self.alarmed_in_a_row >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"checks": [asdict(c) for c in self.checks], "alarmed_in_a_row": self.alarmed_in_a_row}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.checks = [Check(**c) for c in state["checks"]]
-        self.alarmed_in_a_row = state["alarmed_in_a_row"]
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; 0 when either side is constant or there are fewer than 3 points."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def trend(steps: Sequence[float], values: Sequence[float]) -> float:
-    """Least-squares slope of values over steps, times the span of steps: the change over the window."""
-    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    if len(steps) < 3 or steps.std() == 0:
-        return 0.0
-    slope = np.polyfit(steps, values, 1)[0]
-    return float(slope * (steps.max() - steps.min()))
-
-
-def truncate_words(text: str, fraction: float) -> str:
-    """The first `fraction` of an answer's words (at least one)."""
-    parts = text.split()
-    return " ".join(parts[: max(1, int(len(parts) * fraction))])
-
-
-@dataclass
-class HackingAlarms:
-    """Reward-length correlation and its trend, repetition, truncation gain; warnings on crossing thresholds."""
-
-    length_corr_warn: float = 0.5
-    length_corr_trend_warn: float = 0.3
-    repetition_warn: float = 0.3
-    truncation_gain_warn: float = 0.5
-    trend_window: int = 10
-    history: list = field(default_factory=list)  # (step, correlation)
-    active: set = field(default_factory=set)  # warnings currently above threshold (printed once per crossing)
-    warnings: int = 0
-
-    def update(self, step: int, rewards: Sequence[float], lengths: Sequence[float], answers: Sequence[str],
-               truncation_gain: float | None = None) -> dict:
-        corr = pearson(rewards, lengths)
-        self.history.append((step, corr))
-        recent = self.history[-self.trend_window:]
-        metrics = {
-            "hacking/length_corr": corr,
-            "hacking/length_corr_trend": trend([s for s, _ in recent], [c for _, c in recent]),
-            "hacking/repetition": sum(map(repetition_rate, answers)) / max(1, len(answers)),
-        }
-        if truncation_gain is not None:
-            metrics["hacking/truncation_gain"] = truncation_gain
-        checks = {
-            "hacking/length_corr": (self.length_corr_warn, "reward rises with answer length"),
-            "hacking/length_corr_trend": (self.length_corr_trend_warn, "the reward-length correlation is climbing"),
-            "hacking/repetition": (self.repetition_warn, "answers repeat themselves"),
-            "hacking/truncation_gain": (self.truncation_gain_warn, "the full answer outscores its own first part by a wide margin (length exploitation?)"),
-        }
-        for key, (threshold, meaning) in checks.items():
-            value = metrics.get(key)
-            if value is None or threshold <= 0:
-                continue
-            if value > threshold and key not in self.active:
-                self.active.add(key)
-                self.warnings += 1
-                log.warning(f"reward-hacking warning at step {step}: {key} = {value:.3f} > {threshold:g}: {meaning}")
-            elif value <= threshold:
-                self.active.discard(key)
-        metrics["hacking/warnings"] = self.warnings
-        return metrics
-
-    def state_dict(self) -> dict:
-        return {"history": [list(h) for h in self.history], "active": sorted(self.active), "warnings": self.warnings}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history = [tuple(h) for h in state["history"]]
-        self.active, self.warnings = set(state["active"]), state["warnings"]
-
-
-def truncation_gain(score: Score, prompts: list, answers: list[str], columns: dict, fraction: float, samples: int) -> float:
-    """Mean proxy(full) - proxy(first `fraction` of words) over up to `samples` answers, in units of their reward std."""
-    picked = [i for i, a in enumerate(answers) if len(a.split()) >= 2][:samples]
-    if not picked:
-        return 0.0
-    cut = {k: [v[i] for i in picked] * 2 for k, v in columns.items()}
-    texts = [answers[i] for i in picked] + [truncate_words(answers[i], fraction) for i in picked]
-    values = np.asarray(score([prompts[i] for i in picked] * 2, texts, cut), dtype=float)
-    full, short = values[: len(picked)], values[len(picked):]
-    return float((full - short).mean() / max(values.std(), 1e-6))
-
-
-# ---------------------------------------------------------------- the monitor the recipes call
-
-class NullMonitor:
-    stop = False
-
-    def after_step(self, step, model, rollout=None, prompt_rows=None) -> dict:
-        return {}
-
-    def summary(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Nothing to restore: a run resumed without a monitor ignores a checkpointed monitor's memory."""
-
 
 class TrainingMonitor:
-    """Held-out checks every `config.every` steps and hacking alarms every `config.hacking_every` steps."""
+    """Held-out checks every `settings.every` steps and hacking alarms every `settings.hacking_every` steps."""
 
-    def __init__(self, config, output_dir: str, tokenizer, rows: list[dict], proxy: Score | None, gold: Score | None,
-                 judge=None, reference=None, implicit_beta: float = 0.0, max_new_tokens: int = 48, bf16: bool = True,
-                 save: Callable[[str, object], None] | None = None, seed: int = 0):
-        self.config, self.output_dir, self.tokenizer, self.rows = config, Path(output_dir), tokenizer, rows
-        self.proxy, self.gold, self.judge, self.reference = proxy, gold, judge, reference
-        self.implicit_beta, self.max_new_tokens, self.bf16, self.save, self.seed = implicit_beta, max_new_tokens, bf16, save, seed
-        self.detector = OverOptimizationDetector(config.gold_drop, config.proxy_rise, config.kl_budget, config.patience)
-        self.hacking = HackingAlarms(config.length_corr_warn, config.length_corr_trend_warn, config.repetition_warn,
-                                     config.truncation_gain_warn, config.trend_window)
+    def __init__(self, settings, output_dir: str, rows: list[dict], proxy: Score | None = None, gold: Score | None = None,
+                 judge=None, max_new_tokens: int = 48, bf16: bool = True, seed: int = 0, reference_model: str = "", dtype: str = "float32"):
+        self.config, self.output_dir, self.rows = settings, Path(output_dir), rows
+        self.proxy, self.gold, self.judge = proxy, gold, judge
+        self.max_new_tokens, self.bf16, self.seed = max_new_tokens, bf16, seed
+        self.reference_model, self.dtype = reference_model, dtype  # what a copy of the reference loads from, if one is needed
+        self.accelerator = self.tokenizer = self.reference = None
+        self.implicit_beta = 0.0
+        self.detector = OverOptimizationDetector(settings.gold_drop, settings.proxy_rise, settings.kl_budget, settings.patience)
+        self.hacking = HackingAlarms(settings.length_corr_warn, settings.length_corr_trend_warn, settings.repetition_warn,
+                                     settings.truncation_gain_warn, settings.trend_window)
         self.alarms: list[dict] = []
         self.stop = False
         self.best_step: int | None = None
@@ -242,38 +94,42 @@ class TrainingMonitor:
         self.online = False  # set once training batches arrive: then the hacking alarms watch those
         self.step = 0  # the last step seen, so that a checkpoint's state knows where it stands
 
+    def bind(self, *, accelerator, tokenizer, reference=None, implicit_beta: float = 0.0, proxy=None, gold=None) -> None:
+        """What only the recipe has (see train/monitor.py): a `proxy` or `gold` here fills what the settings left open."""
+        self.accelerator, self.tokenizer, self.reference, self.implicit_beta = accelerator, tokenizer, reference, implicit_beta
+        if self.proxy is None and proxy is not None:
+            self.proxy = lambda prompts, answers, columns: proxy(prompts, answers, columns, update_stats=False).raw.tolist()
+        if self.gold is None:
+            self.gold = gold
+
     # -- held-out check
     def _sample(self, model, prompts: list) -> list[str]:
-        from alignkit.models.generation import generate_answers
-
         with torch.random.fork_rng():  # the same random numbers at every check, and the training RNG untouched
             torch.manual_seed(self.seed)
             return generate_answers(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=16,
                                     do_sample=True, temperature=self.config.temperature, top_p=1.0, bf16=self.bf16)
 
-    def _judge_win_rate(self, model, prompts: list, answers: list[str]) -> float:
-        from alignkit.evaluate.winrate import outcomes_from_judge
-        from alignkit.feedback.judge import judge_pairs, read_constitution
+    def _reference_for(self, model):
+        """The reference model for KL: the recipe's, the LoRA policy with adapters off (None), or a copy loaded once."""
+        if self.reference is None and not hasattr(model, "disable_adapter") and self.reference_model:
+            log.info(f"monitor: loading a frozen copy of {self.reference_model} as the KL reference")
+            copy = load_causal_lm(self.reference_model, self.dtype).eval().requires_grad_(False)
+            self.reference = copy.to(self.accelerator.device) if self.accelerator is not None else copy
+        return self.reference
 
+    def _judge_win_rate(self, model, prompts: list, answers: list[str]) -> float:
         if self.reference_answers is None:
-            with self._reference(model) as reference:
-                self.reference_answers = self._sample(reference, prompts)
+            reference = self._reference_for(model)
+            with contextlib.nullcontext(reference) if reference is not None else adapters_disabled(model) as base:
+                self.reference_answers = self._sample(base, prompts)
         verdicts = judge_pairs(self.judge, read_constitution(self.config.constitution or None),
                                list(zip(prompts, answers, self.reference_answers)))
         return float(outcomes_from_judge([v.p_x_first for v in verdicts], [v.p_x_second for v in verdicts]).mean())
 
-    def _reference(self, model):
-        import contextlib
-
-        from alignkit.evaluate.metrics import adapters_disabled
-
-        return contextlib.nullcontext(self.reference) if self.reference is not None else adapters_disabled(model)
-
     def check(self, step: int, model) -> dict:
-        prompts = [r["prompt"] for r in self.rows]
-        columns = {k: [r.get(k) for r in self.rows] for k in sorted({k for r in self.rows for k in r} - {"prompt"})}
+        prompts, columns = [r["prompt"] for r in self.rows], prompt_columns(self.rows)
         answers = self._sample(model, prompts)
-        kl = kl_to_reference(model, self.reference, self.tokenizer, prompts, answers, bf16=self.bf16)
+        kl = kl_to_reference(model, self._reference_for(model), self.tokenizer, prompts, answers, bf16=self.bf16)
         if self.proxy is not None:
             proxy_values = list(self.proxy(prompts, answers, columns))
         else:  # DPO's own reward: beta * log pi/pi_ref of the answer (Rafailov et al. 2023, eq. 5)
@@ -283,17 +139,7 @@ class TrainingMonitor:
             check.gold = float(np.nanmean(self.gold(prompts, answers, columns)))
         if self.judge is not None:
             check.judge = self._judge_win_rate(model, prompts, answers)
-        alarms = self.detector.update(check)
-        for alarm in alarms:
-            log.warning(f"monitor at step {step}: {alarm}")
-        self.alarms += [{"step": step, "alarm": a} for a in alarms]
-        if self.detector.best is check and self.config.keep_best and self.save is not None:
-            self.save(str(self.output_dir / "best"), model)
-            self.best_step = step
-        if alarms and self.detector.should_stop and self.config.stop_on_alarm:
-            log.warning(f"monitor: stopping at step {step} after {self.detector.alarmed_in_a_row} alarmed check(s) in a row"
-                        + (f"; the best held-out model (step {self.best_step}) is in {self.output_dir / 'best'}" if self.best_step is not None else ""))
-            self.stop = True
+        alarms = self._update_alarms(step, check, model)
         metrics = {"monitor/proxy": check.proxy, "monitor/kl": check.kl, "monitor/alarm": float(bool(alarms)),
                    "monitor/length": sum(len(a.split()) for a in answers) / max(1, len(answers))}
         if check.gold is not None:
@@ -302,29 +148,45 @@ class TrainingMonitor:
             metrics["monitor/judge_win_rate"] = check.judge
         if self.config.hacking_every and not self.online:
             score = self.proxy or self._implicit_reward(model)
-            lengths = [len(a.split()) for a in answers]
             gain = truncation_gain(score, prompts, answers, columns, self.config.truncation_fraction, self.config.truncation_samples)
-            metrics.update(self.hacking.update(step, proxy_values, lengths, answers, gain))
+            metrics.update(self.hacking.update(step, proxy_values, [len(a.split()) for a in answers], answers, gain))
         self._record(step, metrics, alarms, answers[:3])
         return metrics
+
+    def _update_alarms(self, step: int, check: Check, model) -> list[str]:
+        """Feeds the detector; keeps the best model and decides whether to stop."""
+        alarms = self.detector.update(check)
+        for alarm in alarms:
+            log.warning(f"monitor at step {step}: {alarm}")
+        self.alarms += [{"step": step, "alarm": a} for a in alarms]
+        if self.detector.best is check and self.config.keep_best and self.accelerator is not None:
+            save_model(self.accelerator, model, self.tokenizer, str(self.output_dir / "best"), merge_lora=False)
+            self.best_step = step
+        if alarms and self.detector.should_stop and self.config.stop_on_alarm:
+            log.warning(f"monitor: stopping at step {step} after {self.detector.alarmed_in_a_row} alarmed check(s) in a row"
+                        + (f"; the best held-out model (step {self.best_step}) is in {self.output_dir / 'best'}" if self.best_step is not None else ""))
+            self.stop = True
+        return alarms
 
     def _implicit_reward(self, model) -> Score:
         """DPO's reward of an answer, beta * log pi(y|x)/pi_ref(y|x), as a score function."""
         def score(prompts, answers, columns):
-            per_answer = kl_to_reference(model, self.reference, self.tokenizer, prompts, answers, bf16=self.bf16)["per_answer"]
+            per_answer = kl_to_reference(model, self._reference_for(model), self.tokenizer, prompts, answers, bf16=self.bf16)["per_answer"]
             return [self.implicit_beta * v for v in per_answer]
 
         return score
 
     # -- hacking alarms on a training batch (online RL)
     def batch_alarms(self, step: int, rollout, prompt_rows: list[dict]) -> dict:
+        """On the rollout's own answers and rewards (the training proxy's; a monitor `proxy:` of its own scores anew)."""
         self.online = True
         prompts = [prompt_rows[i]["prompt"] for i in rollout.prompt_index]
-        columns = {k: [prompt_rows[i].get(k) for i in rollout.prompt_index]
-                   for k in sorted({k for r in prompt_rows for k in r} - {"prompt"})}
+        columns = prompt_columns(prompt_rows, rollout.prompt_index)
         answers = list(rollout.responses)
-        rewards = self.proxy(prompts, answers, columns)
-        gain = truncation_gain(self.proxy, prompts, answers, columns, self.config.truncation_fraction, self.config.truncation_samples)
+        own_proxy = bool(self.config.proxy) or rollout.rewards is None
+        rewards = self.proxy(prompts, answers, columns) if own_proxy else rollout.rewards.tolist()
+        gain = truncation_gain(self.proxy, prompts, answers, columns, self.config.truncation_fraction, self.config.truncation_samples,
+                               scores=rewards)
         return self.hacking.update(step, rewards, rollout.response_lengths.tolist(), answers, gain)
 
     def after_step(self, step: int, model, rollout=None, prompt_rows=None) -> dict:
@@ -339,8 +201,6 @@ class TrainingMonitor:
         return metrics
 
     def _record(self, step: int, metrics: dict, alarms: list[str], examples: list[str]) -> None:
-        from alignkit.io import write_json
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.output_dir / "monitor.jsonl", {"step": step, **metrics, "alarms": alarms, "examples": examples})
         write_json(self.output_dir / "monitor.json", self.summary())
@@ -358,8 +218,6 @@ class TrainingMonitor:
         """
         if not state:
             return
-        from alignkit.io import truncate_log, write_json
-
         self.step = state["step"]
         self.detector.load_state_dict(state["detector"])
         self.hacking.load_state_dict(state["hacking"])
@@ -382,27 +240,23 @@ class TrainingMonitor:
 # ---------------------------------------------------------------- building it from a recipe's config
 
 def _held_out_rows(source: str, limit: int) -> list[dict]:
-    from alignkit.data.formats import load_dataset
-
-    kinds = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
-    rows, _ = load_dataset(source, kinds, "monitor", "test", hint="; the monitor needs held-out rows with a `prompt` column")
+    rows, _ = load_dataset(source, PROMPT_KINDS, "monitor", "test", hint="; the monitor needs held-out rows with a `prompt` column")
     seen, out = set(), []
     for row in rows:  # one entry per distinct prompt (preference files repeat prompts)
         key = json.dumps(row["prompt"], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            out.append({k: v for k, v in row.items() if k not in ("completion", "chosen", "rejected", "label")})
+            out.append({k: v for k, v in row.items() if k not in ANSWER_COLUMNS})
     return out[:limit] if limit else out
 
 
-def build_monitor(config, stage: str, tokenizer, accelerator=None, proxy=None, gold=None):
-    """The monitor for a recipe's config (its `monitor:` mapping), or a `NullMonitor` when none is configured.
+def build_monitor(config, stage: str):
+    """The monitor for a recipe's config (its `monitor:` section), or a `NullMonitor` when none is configured.
 
-    `proxy` is the recipe's training reward (a `rl.rewards.Rewards`, scored without updating
-    its running statistics); `gold` a callable (prompts, answers, columns) -> floats.
+    Everything that can be wrong (the held-out file, the gold or proxy function, the judge) fails here,
+    before the recipe loads a model. The recipe then `bind`s its accelerator, tokenizer, reference,
+    training reward (the default proxy) and gold judge (the default gold, `eval_reward_function`).
     """
-    from alignkit.errors import AlignkitError
-
     settings = getattr(config, "monitor", None)  # a MonitorConfig, validated when the config loaded; None: off
     if settings is None or (not settings.every and not settings.hacking_every):
         return NullMonitor()
@@ -410,64 +264,26 @@ def build_monitor(config, stage: str, tokenizer, accelerator=None, proxy=None, g
     if settings.every and not source:
         raise AlignkitError(f"{stage} monitor: no held-out prompts; set monitor.prompts (or eval_data) to a file of rows with a `prompt` column")
     rows = _held_out_rows(source, settings.max_prompts) if source else []
-    proxy_score = _proxy_score(settings, proxy)
-    gold_spec = settings.gold or ("" if gold is not None else getattr(config, "eval_reward_function", ""))
-    gold_score = _function_score(gold_spec) if gold_spec else gold
-    judge = None
-    if settings.judge:
-        from alignkit.feedback.judge import make_judge
-
-        judge = make_judge(settings.judge)
-    reference = _reference_model(config, settings)
-    bf16 = getattr(config, "mixed_precision", "bf16") == "bf16"
-
-    def save(path: str, model) -> None:
-        from alignkit.train.loop import save_model
-
-        if accelerator is not None:
-            save_model(accelerator, model, tokenizer, path, merge_lora=False)
-
-    monitor = TrainingMonitor(settings, config.output_dir, tokenizer, rows, proxy_score, gold_score, judge, reference,
-                              implicit_beta=_dpo_beta(config) if stage == "dpo" else 0.0,
+    gold = FunctionReward(settings.gold) if settings.gold else None
+    if gold is None and getattr(config, "eval_reward_function", ""):
+        gold = FunctionReward(config.eval_reward_function)
+    monitor = TrainingMonitor(settings, config.output_dir, rows, _proxy_score(settings), gold,
+                              make_judge(settings.judge) if settings.judge else None,
                               max_new_tokens=settings.max_new_tokens or getattr(config, "max_new_tokens", 48),
-                              bf16=bf16, save=save, seed=config.seed)
+                              bf16=getattr(config, "mixed_precision", "bf16") == "bf16", seed=config.seed,
+                              reference_model=getattr(config, "reference_model", "") or config.model, dtype=config.dtype)
     log.info(f"{stage} monitor: {len(rows)} held-out prompts every {settings.every} steps"
-             f" (proxy: {'training reward' if proxy_score else 'implicit DPO reward' if stage == 'dpo' else 'none'}, "
-             f"gold: {'yes' if gold_score else 'no'}, judge: {settings.judge or 'no'}, KL budget: {settings.kl_budget or 'none'}, "
-             f"stop on alarm: {settings.stop_on_alarm}); reward-hacking alarms every {settings.hacking_every or 'no'} steps")
+             f" (proxy: {settings.proxy or ('implicit DPO reward' if stage == 'dpo' else 'training reward')}, "
+             f"gold: {'yes' if gold or getattr(config, 'eval_reward_function', '') else 'no'}, judge: {settings.judge or 'no'}, "
+             f"KL budget: {settings.kl_budget or 'none'}, stop on alarm: {settings.stop_on_alarm}); "
+             f"reward-hacking alarms every {settings.hacking_every or 'no'} steps")
     return monitor
 
 
-def _proxy_score(settings, proxy) -> Score | None:
-    if settings.proxy:
-        from alignkit.rl.rewards import build_rewards
-
-        spec = {"type": "model", "path": settings.proxy} if Path(settings.proxy).is_dir() else {"type": "function", "function": settings.proxy}
-        proxy = build_rewards([spec])
-    if proxy is None:
+def _proxy_score(settings) -> Score | None:
+    """A `proxy:` of the monitor's own (a reward model directory or a function); None uses the training reward."""
+    if not settings.proxy:
         return None
+    spec = {"type": "model", "path": settings.proxy} if Path(settings.proxy).is_dir() else {"type": "function", "function": settings.proxy}
+    proxy = build_rewards([spec])
     return lambda prompts, answers, columns: proxy(prompts, answers, columns, update_stats=False).raw.tolist()
-
-
-def _function_score(spec: str) -> Score:
-    from alignkit.rl.rewards import FunctionReward
-
-    return FunctionReward(spec)
-
-
-def _reference_model(config, settings):
-    """None when the policy is LoRA (adapters off give the reference), else a frozen copy of the starting model."""
-    if getattr(config, "lora_r", 0) > 0:
-        return None
-    from alignkit.models.load import load_causal_lm
-
-    model = load_causal_lm(getattr(config, "reference_model", "") or config.model, config.dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _dpo_beta(config) -> float:
-    from alignkit.train.dpo import beta_of
-
-    return beta_of(config)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS
+from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, prompt_columns
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit")
@@ -82,7 +82,7 @@ def sample_pairs(model, tokenizer, rows: list[dict], rewards, samples: int = 4, 
     """
     from tqdm.auto import tqdm
 
-    from alignkit.rl.experience import prompt_columns
+
     from alignkit.rl.rollout import encode_prompts, generate
 
     if samples < 2:

@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.models.wrapping import disable_dropout
 from alignkit.models.load import DTYPES, add_lora, is_adapter_dir, load_causal_lm, load_tokenizer, resolve_model_path
-from alignkit.models.wrapping import unwrap
+from alignkit.models.logprobs import final_hidden_states
+from alignkit.models.sequences import collate_sequences
+from alignkit.models.wrapping import disable_dropout, unwrap
 
 CONFIG_KEY = "alignkit_reward"
 ENSEMBLE_FILE = "ensemble.json"
@@ -279,3 +280,46 @@ def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     from alignkit.data.collate import pad_sequences
 
     return pad_sequences(sequences, pad_token_id), pad_sequences([[1] * len(s) for s in sequences], 0)
+
+
+# ---------------------------------------------------------------- rewards of pairs, one forward pass
+
+def collate_pairs(examples: list[dict], pad_id: int, share_prompt: bool = True) -> dict[str, torch.Tensor]:
+    """A batch of B pairs for `pair_rewards`, in either layout of `models.sequences`.
+
+    share_prompt: one row per pair, prompt + chosen + rejected, where the rejected tokens
+    cannot see the chosen ones and restart their positions after the prompt, so each
+    response reads exactly what it would read alone and the prompt is computed once.
+    Otherwise 2B right-padded rows (chosen rows, then rejected rows).
+
+    Adds chosen_end and rejected_end (B,): each response's last token (its EOS, where the
+    reward is read) as a flat index into the (rows * T) positions; margin (B,); and
+    num_tokens, the real tokens of the 2B prompt+response sequences (the prompt counted
+    twice, as separate sequences would have it).
+    """
+    sequences = [{"sequences": [(e["prompt_ids"], e["chosen_ids"]), (e["prompt_ids"], e["rejected_ids"])]} for e in examples]
+    batch = collate_sequences(sequences, (0, 1), pad_id, share_prompt)
+    width, n = batch["input_ids"].shape[1], len(examples)
+    p, c, r = (torch.tensor([len(e[k]) for e in examples]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    rows = torch.arange(n)
+    if share_prompt:
+        batch["chosen_end"], batch["rejected_end"] = rows * width + p + c - 1, rows * width + p + c + r - 1
+    else:
+        batch["chosen_end"], batch["rejected_end"] = rows * width + p + c - 1, (n + rows) * width + p + r - 1
+    batch["margin"] = torch.tensor([float(e.get("margin") or 0.0) for e in examples])
+    batch["num_tokens"] = (2 * p + c + r).sum()
+    return batch
+
+
+def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (B,), (B,) of the chosen and rejected responses of a `collate_pairs` batch, in one forward pass.
+
+    The forward goes through the top-level model (so DDP sees it); the scalar head reads
+    the final hidden state at each response's last token.
+    """
+    mask = batch["attention_mask"]
+    if mask.ndim == 4 and getattr(unwrap(model).config, "_attn_implementation", "eager") != "sdpa":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    hidden = final_hidden_states(model, batch["input_ids"], mask, batch.get("position_ids")).flatten(0, 1)  # (rows * T, H)
+    ends = torch.cat([batch["chosen_end"], batch["rejected_end"]])  # (2B,)
+    return score_head(model, hidden[ends]).chunk(2)

@@ -19,45 +19,15 @@ import contextlib
 import torch
 
 from alignkit.losses.kl import kl_per_token
-from alignkit.models.wrapping import adapters_disabled
 from alignkit.rl.advantages import AdvantageInputs, compute_advantages
-from alignkit.rl.rollout import Rollout, generate, rollout_logprobs, select
-from alignkit.rl.value_model import logprobs_and_values
+from alignkit.data.formats import prompt_columns
+from alignkit.rl.rollout import Rollout, generate
+from alignkit.rl.scoring import old_logps_and_values, reference_mode, rollout_logprobs
 
 
 def needs_rollout_logps(config) -> bool:
     """pi_old must be computed at rollout time unless the update is one on-policy pass with the KL in the loss."""
     return config.ppo_epochs > 1 or config.num_minibatches > 1 or config.kl_in == "reward"
-
-
-def reference_mode(policy, reference_model):
-    """The model that computes pi_ref: a frozen copy, or the LoRA policy with adapters disabled (a context manager)."""
-    return contextlib.nullcontext(reference_model) if reference_model is not None else adapters_disabled(policy)
-
-
-@torch.no_grad()
-def old_logps_and_values(policy, value_model, rollout: Rollout, batch_size: int, temperature: float, autocast):
-    """pi_old log-probs and V_old for every response token, through the training code path."""
-    device = next(policy.parameters()).device
-    tensors = rollout.tensors()
-    logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32)
-    values = torch.zeros_like(logps)
-    for start in range(0, rollout.num_responses, batch_size):
-        rows = list(range(start, min(start + batch_size, rollout.num_responses)))
-        batch = select(tensors, rows, device)
-        with autocast():
-            lp, _, v = logprobs_and_values(policy, value_model, batch, temperature)
-        first = int(tensors["attention_mask"][rows].any(0).nonzero()[0])
-        logps[rows, first:first + lp.shape[1]] = lp.float().cpu()
-        if v is not None:
-            values[rows, first:first + v.shape[1]] = v.float().cpu()
-    return logps, values
-
-
-def prompt_columns(rows: list[dict], prompt_index: list[int]) -> dict[str, list]:
-    """The prompt rows' other columns, one value per response."""
-    names = sorted({k for row in rows for k in row} - {"prompt"})
-    return {name: [rows[i].get(name) for i in prompt_index] for name in names}
 
 
 def response_metrics(rollout: Rollout) -> dict:
@@ -88,6 +58,7 @@ def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows:
     result = rewards(prompts, rollout.responses, prompt_columns(prompt_rows, rollout.prompt_index))
     scores = result.normalized - config.missing_eos_penalty * (~rollout.finished).float()
     valid = result.valid & (rollout.finished | (not config.mask_truncated_completions))
+    rollout.rewards = result.raw
     metrics.update(result.metrics())
     metrics["response/masked"] = int((~(rollout.finished | (not config.mask_truncated_completions))).sum())
 

@@ -25,7 +25,6 @@ import torch
 from alignkit.data.collate import pad_sequences
 from alignkit.data.tokenize import TokenizeReport, encode_prompt
 from alignkit.errors import AlignkitError
-from alignkit.models.logprobs import token_logprobs
 from alignkit.models.sampling import position_ids_from_mask, sample
 
 
@@ -42,6 +41,7 @@ class Rollout:
     prompt_index: list[int]  # (N,) which prompt (position in the step's prompt list) each response answers
     generation_seconds: float = 0.0
     extras: dict = field(default_factory=dict)  # per-token tensors added later: logps, ref_logps, values, ...
+    rewards: torch.Tensor | None = None  # (N,) each response's raw reward, once scored (the monitor reads it)
 
     @property
     def num_responses(self) -> int:
@@ -186,29 +186,3 @@ def select(tensors: dict[str, torch.Tensor], rows, device=None) -> dict[str, tor
     return out
 
 
-def batch_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-    """(N, T) log-probs (and entropies) of the response tokens of a `select`ed batch."""
-    return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                          position_ids=batch["position_ids"], with_entropy=with_entropy, temperature=temperature,
-                          prompt_mask=batch.get("prompt_mask"))
-
-
-@torch.no_grad()
-def rollout_logprobs(model, rollout: Rollout, batch_size: int, temperature: float = 1.0, autocast=None) -> torch.Tensor:
-    """(N, T) log-probs of every response token, in micro-batches of `batch_size` responses."""
-    import contextlib
-
-    device = next(model.parameters()).device
-    out = torch.zeros(rollout.input_ids.shape, dtype=torch.float32)
-    tensors = rollout.tensors()
-    was_training = model.training
-    model.eval()
-    for start in range(0, rollout.num_responses, batch_size):
-        rows = list(range(start, min(start + batch_size, rollout.num_responses)))
-        batch = select(tensors, rows, device)
-        with autocast() if autocast else contextlib.nullcontext():
-            logps, _ = batch_logprobs(model, batch, temperature)
-        first = int(tensors["attention_mask"][rows].any(0).nonzero()[0])
-        out[rows, first:first + logps.shape[1]] = logps.float().cpu()
-    model.train(was_training)
-    return out

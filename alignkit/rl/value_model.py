@@ -26,7 +26,6 @@ from torch import nn
 
 from alignkit.errors import AlignkitError
 from alignkit.models.wrapping import unwrap
-from alignkit.rl.rollout import batch_logprobs
 
 
 class ValueHead(nn.Module):
@@ -64,20 +63,6 @@ def scored_positions(mask: torch.Tensor):
     scored = mask.bool().clone()
     scored[:, 0] = False
     return scored.nonzero(as_tuple=True)
-
-
-def logprobs_and_values(model, value_model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-    """Log-probs (N, T), entropies (N, T) or None, and values (N, T) (None without a value model)."""
-    if isinstance(value_model, ValueHead):
-        with captured_head_inputs(model) as captured:
-            logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
-        hidden = torch.cat(captured) if captured else logps.new_zeros(0, value_model.linear.in_features)
-        rows, cols = scored_positions(batch["response_mask"])
-        values = torch.zeros_like(logps).index_put((rows, cols), value_model(hidden).float())
-        return logps, entropy, values
-    logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
-    values = value_model(batch) if value_model is not None else None
-    return logps, entropy, values
 
 
 class Critic(nn.Module):

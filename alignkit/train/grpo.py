@@ -9,17 +9,17 @@ baseline). Every key of `alignkit ppo` applies; only the defaults differ (GRPOCo
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from alignkit.config import GRPOConfig, config_from_dict
+from alignkit.config import GRPOConfig, config_with_overrides
 from alignkit.train.ppo import train_online
 
 
-def train_grpo(config: GRPOConfig) -> dict:
-    return train_online(config, "grpo")
+def train_grpo(config: GRPOConfig, monitor=None) -> dict:
+    return train_online(config, "grpo", monitor)
 
 
-def grpo(config: GRPOConfig | dict | None = None, **overrides) -> dict:
-    """Python entry point: `alignkit.train.grpo({"model": ..., "data": ..., "reward_function": ...})`."""
-    values = {**asdict(config), **overrides} if isinstance(config, GRPOConfig) else {**(config or {}), **overrides}
-    return train_grpo(config_from_dict(GRPOConfig, values, "grpo config"))
+def grpo(config: GRPOConfig | dict | None = None, monitor=None, **overrides) -> dict:
+    """Python entry point: `alignkit.train.grpo({"model": ..., "data": ..., "reward_function": ...})`.
+
+    `monitor`: a built monitor (train/monitor.py); `alignkit.grpo(...)` builds one from the config's `monitor:` section.
+    """
+    return train_grpo(config_with_overrides(GRPOConfig, config, overrides, "grpo config"), monitor)

@@ -13,25 +13,23 @@ undesirable row per pair).
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-from pathlib import Path
+from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
-from alignkit.config import KTOConfig, save_config
+from alignkit.config import KTOConfig, config_with_overrides
 from alignkit.data.formats import load_dataset, preference_to_unpaired
+from alignkit.data.split import split_holdout
 from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
 from alignkit.errors import AlignkitError
 from alignkit.losses.kto import kto_kl_estimate, kto_loss
 from alignkit.models.load import count_parameters, load_policy
-from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.dpo import format_summary, optimizer_step, sequence_tokens
-from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, save_model, split_holdout, total_optimizer_steps
-from alignkit.io import write_json
 from alignkit.models.reference import build_reference
 from alignkit.models.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
+from alignkit.train.checkpoint import save_checkpoint
+from alignkit.train.direct import direct_step, direct_summary, format_summary, sequence_lengths, sequence_tokens
+from alignkit.train.loop import BatchStream, global_sum, log, save_model
+from alignkit.train.run import build_training, due, finish_run, log_step, record_config, resume, start_run, step_timing, steps_left
 
 UNPAIRED_KINDS = ("unpaired_preference",)
 DEFAULT_BETA = 0.1
@@ -153,89 +151,55 @@ def evaluate_kto(model, reference, examples, pad_id, batch_size, device, autocas
 
 def train_kto(config: KTOConfig) -> dict:
     """Runs KTO end to end; returns the summary (also `<output_dir>/summary.json`)."""
-    started = time.time()
-    accelerator = make_accelerator(config)
+    run = start_run(config, "kto")
     model, tokenizer = load_policy(config)
     train, held_out, report, eval_report = load_unpaired(config, tokenizer)
-    if accelerator.is_main_process:
-        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        save_config(config, f"{config.output_dir}/config.yaml")
-
+    record_config(run)
+    accelerator, pad_id = run.accelerator, tokenizer.pad_token_id
     share_prompt = config.share_prompt and supports_shared_prompt(model)
-    references = build_reference(config, model, accelerator, {"train": train, "eval": held_out}, tokenizer.pad_token_id, share_prompt)
+    references = build_reference(config, model, accelerator, {"train": train, "eval": held_out}, pad_id, share_prompt)
     reference, eval_reference = references.get("train"), references.get("eval")
     options = {"beta": config.beta or DEFAULT_BETA, "desirable_weight": config.desirable_weight, "undesirable_weight": config.undesirable_weight}
-    steps = total_optimizer_steps(len(train), config, accelerator.num_processes)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    lengths = [max(len(p) + len(c) for p, c in e["sequences"]) for e in train]
-    stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, lengths)
-    start_step = 0
-    if checkpoint := resolve_resume(config.resume, config.output_dir):
-        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
-        log.info(f"resumed from {checkpoint} at step {start_step}")
-    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
-    throughput, nan_guard, pad_id, device = Throughput(), NanGuard(config.max_nan_steps), tokenizer.pad_token_id, accelerator.device
+    steps, model, optimizer, scheduler = build_training(run, model, len(train))
+    stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, sequence_lengths(train))
+    resume(run, model, optimizer, scheduler, stream)
     trainable, total = count_parameters(model)
     log.info(f"KTO (beta={options['beta']}): {len(train)} rows, {steps} steps, {trainable:,}/{total:,} trainable parameters, "
              f"reference: {reference.name}")
 
     def micro_loss(examples, num_items):
-        logps, ref_logps, kl_logps, kl_ref_logps = unpaired_logps(model, reference, examples, pad_id, device, accelerator.autocast, share_prompt)
+        logps, ref_logps, kl_logps, kl_ref_logps = unpaired_logps(model, reference, examples, pad_id, accelerator.device, accelerator.autocast, share_prompt)
         z0 = global_sum(accelerator, kto_kl_estimate(kl_logps, kl_ref_logps)) / accelerator.num_processes  # mean over processes
-        labels = torch.tensor([e["label"] for e in examples], device=device)
+        labels = torch.tensor([e["label"] for e in examples], device=accelerator.device)
         return kto_loss(logps, ref_logps, labels, z0, num_items=num_items, **options)
 
     def evaluate() -> dict:
         if not held_out:
             return {}
-        return evaluate_kto(accelerator.unwrap_model(model), eval_reference, held_out, pad_id, config.batch_size, device,
+        return evaluate_kto(accelerator.unwrap_model(model), eval_reference, held_out, pad_id, config.batch_size, accelerator.device,
                             accelerator.autocast, share_prompt, **options)
 
-    setup_seconds = time.time() - started
     model.train()
-    history = []
-    progress = tqdm(range(start_step + 1, steps + 1), desc="kto", disable=not accelerator.is_local_main_process)
-    for step in progress:
-        throughput.start()
+    for step in (progress := steps_left(run, steps)):
+        run.throughput.start()
         micro_batches = [[train[i] for i in rows] for rows in stream.next_step(config.grad_accum_steps)]
-        metrics = optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, micro_loss, config, step, nan_guard)
-        tokens_per_s = throughput.stop(sequence_tokens(accelerator, micro_batches, OWN))
+        metrics = direct_step(run, model, optimizer, scheduler, micro_batches, micro_loss, step)
         metrics.pop("rows")
-        metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s,
-                        "step_seconds": throughput.last_seconds, "nan_skipped": nan_guard.skipped})
-        if config.eval_every and step % config.eval_every == 0 and step != steps:
+        metrics.update({"epoch": stream.fractional_epoch, **step_timing(run, sequence_tokens(accelerator, micro_batches, OWN)),
+                        "nan_skipped": run.nan_guard.skipped})
+        if due(config.eval_every, step, steps):
             metrics.update(evaluate())
-        if step % config.logging_every == 0 or step == steps:
-            logger.log(step, metrics)
-        history.append(metrics)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl/batch']:.3f}", tok_s=f"{tokens_per_s:.0f}")
-        if config.save_every and step % config.save_every == 0 and step != steps:
+        log_step(run, step, steps, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl/batch']:.3f}", tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
+        if due(config.save_every, step, steps):
             save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
 
     final_eval = evaluate()
-    if final_eval:
-        logger.log(steps, final_eval)
-    logger.close()
     saved = save_model(accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)
-    summary = {
-        "stage": "kto", "loss_type": "kto", "beta": options["beta"], "reference": reference.name,
-        "model": str(saved), "steps": steps, "train_rows": len(train), "eval_rows": len(held_out),
-        "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None,
-        "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
-        "final_train_metrics": history[-1] if history else {}, "nan_skipped": nan_guard.skipped, **final_eval,
-        "tokens_per_s": throughput.mean, "setup_seconds": setup_seconds, "seconds": time.time() - started,
-    }
-    if accelerator.is_main_process:
-        write_json(f"{config.output_dir}/summary.json", summary)
-        log.info(format_summary(summary))
-    return summary
+    summarize = partial(direct_summary, run, steps, saved, "kto", options["beta"], reference.name, train, held_out, report, eval_report, final_eval)
+    return finish_run(run, steps, final_eval, summarize, format_summary)
 
 
 def kto(config: KTOConfig | dict | None = None, **overrides) -> dict:
     """Python entry point: `alignkit.train.kto({"model": ..., "data": ..., "from_preference": True})` or keyword overrides."""
-    from alignkit.config import config_from_dict
-
-    values = {**asdict(config), **overrides} if isinstance(config, KTOConfig) else {**(config or {}), **overrides}
-    return train_kto(config_from_dict(KTOConfig, values, "kto config"))
+    return train_kto(config_with_overrides(KTOConfig, config, overrides, "kto config"))

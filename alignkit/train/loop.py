@@ -74,15 +74,6 @@ def total_optimizer_steps(num_rows: int, args, world_size: int = 1) -> int:
     return max(1, math.ceil(num_rows * args.num_epochs / per_step))
 
 
-def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded (train, held-out) split; at least one row each side when there are two or more."""
-    if fraction <= 0 or len(rows) < 2:
-        return rows, []
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
-
-
 # ---------------------------------------------------------------- batching
 
 class BatchStream:

@@ -13,204 +13,51 @@ the data has a `strength` column, accuracy per strength.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from alignkit.config import RewardConfig, save_config
-from alignkit.data.formats import load_dataset
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
-from alignkit.errors import AlignkitError
+from alignkit.config import RewardConfig, config_with_overrides, save_config
+from alignkit.data.pairs import load_reward_data
+from alignkit.io import atomic_directory, write_json
 from alignkit.losses.reward import accuracy_by_strength, bradley_terry_loss, pair_metrics, pairwise_calibration_error
 from alignkit.models.load import count_parameters, load_tokenizer
-from alignkit.models.logprobs import final_hidden_states
-from alignkit.models.wrapping import unwrap
-from alignkit.models.reward import CONFIG_KEY, ENSEMBLE_FILE, load_reward_backbone, score_head
-from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, split_holdout, total_optimizer_steps
-from alignkit.io import atomic_directory, write_json
+from alignkit.models.reward import CONFIG_KEY, ENSEMBLE_FILE, collate_pairs, load_reward_backbone, pair_rewards
+from alignkit.models.sequences import supports_shared_prompt
 from alignkit.models.wrapping import strip_wrappers
-from alignkit.models.sequences import collate_sequences, supports_shared_prompt
-
-PREFERENCE_HINT = ("; a reward model learns from pairs: give each prompt a `chosen` and a `rejected` response "
-                   "(rows with prompt, completion and label go to `alignkit kto`)")
-
-
-# ---------------------------------------------------------------- data
-
-@dataclass
-class PairReport(TokenizeReport):
-    """TokenizeReport with a count per reason (identical pairs, empty responses, too long)."""
-
-    counts: dict = field(default_factory=dict)
-
-    def note(self, reason: str, number: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        super().note(reason, number)
-
-    def summary(self, source: str = "data") -> str:
-        text = f"{source}: {self.kept}/{self.rows} pairs kept, {self.truncated} truncated, {self.dropped} dropped"
-        for reason, count in self.counts.items():
-            rows = self.examples[reason]
-            text += f"; {reason}: {count} (rows {', '.join(map(str, rows))}{'...' if count > len(rows) else ''})"
-        return text
-
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "reasons": dict(self.counts)}
+from alignkit.train.checkpoint import save_checkpoint
+from alignkit.train.loop import BatchStream, global_sum, log
+from alignkit.train.run import (
+    Run, build_training, due, first_and_last_loss, log_step, optimizer_step, resume, start_run, step_timing, steps_left,
+)
 
 
-def _is_empty(response) -> bool:
-    if isinstance(response, str):
-        return not response.strip()
-    return all(not str(m.get("content", "")).strip() for m in response)
-
-
-def screen_pair(row: dict, number: int, config: RewardConfig, source: str, report: PairReport) -> bool:
-    """Whether to keep a pair, by `identical_pairs` and `empty_responses`; every case is counted in `report`."""
-    checks = (("identical_pairs", row["chosen"] == row["rejected"], "chosen identical to rejected"),
-              ("empty_responses", _is_empty(row["chosen"]) or _is_empty(row["rejected"]), "empty response"))
-    for key, failed, what in checks:
-        if not failed:
-            continue
-        action = getattr(config, key)
-        if action == "error":
-            raise AlignkitError(f"{source} row {number}: {what}; fix the row, or set `{key}: drop` (or keep) to continue")
-        report.note(f"{what} ({'dropped' if action == 'drop' else 'kept'})", number)
-        if action == "drop":
-            report.dropped += 1
-            return False
-    return True
-
-
-def tokenize_pairs(numbered_rows: list[tuple[int, dict]], tokenizer, config: RewardConfig, source: str) -> tuple[list[dict], PairReport]:
-    """Examples {"prompt_ids", "chosen_ids", "rejected_ids", "margin", "strength", "row"} and what happened to each row.
-
-    Each prompt + response must fit `max_length` (as its own sequence); longer pairs
-    have their prompt cut (`truncation_side`), then the responses, or are dropped
-    (`truncation_mode: drop`).
-    """
-    report = PairReport(rows=len(numbered_rows))
-    examples = []
-    for number, row in numbered_rows:
-        if not screen_pair(row, number, config, source, report):
-            continue
-        prompt_ids, (chosen, rejected) = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
-        if len(prompt_ids) + max(len(chosen), len(rejected)) > config.max_length:
-            if config.truncation_mode == "drop":
-                report.dropped += 1
-                report.note(f"longer than max_length={config.max_length} (dropped)", number)
-                continue
-            prompt_ids, (chosen, rejected), _ = fit_prompt_completions(prompt_ids, [chosen, rejected], config.max_length, config.truncation_side)
-            report.truncated += 1
-            report.note(f"longer than max_length={config.max_length} (truncated)", number)
-        examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "row": number,
-                         "margin": row.get("margin", 0.0) if config.use_margin else 0.0, "strength": row.get("strength")})
-    report.kept = len(examples)
-    return examples, report
-
-
-def load_reward_data(config: RewardConfig, tokenizer):
-    """Tokenized train and held-out pairs, with their reports."""
-    if not config.data:
-        raise AlignkitError("no training data: set `data:` in the config or pass --data FILE (preference rows: prompt, chosen, rejected)")
-    rows, fmt = load_dataset(config.data, ("preference",), "reward modeling", config.data_split, hint=PREFERENCE_HINT)
-    numbered = list(enumerate(rows, start=1))
-    if config.eval_data:
-        eval_rows, _ = load_dataset(config.eval_data, ("preference",), "reward modeling evaluation", "test", hint=PREFERENCE_HINT)
-        eval_numbered, eval_source = list(enumerate(eval_rows, start=1)), config.eval_data
-    else:
-        numbered, eval_numbered = split_holdout(numbered, config.eval_fraction, config.seed)
-        eval_source = f"{config.data} (held out)"
-    train, report = tokenize_pairs(numbered, tokenizer, config, config.data)
-    held_out, eval_report = tokenize_pairs(eval_numbered, tokenizer, config, eval_source) if eval_numbered else ([], None)
-    log.info(report.summary(f"{config.data} ({fmt})"))
-    if eval_report:
-        log.info(eval_report.summary(eval_source))
-    if not train:
-        raise AlignkitError(f"{config.data}: no training pairs are left; see the report above")
-    return train, held_out, report, eval_report
-
-
-# ---------------------------------------------------------------- rewards of pairs, one forward pass
-
-def collate_pairs(examples: list[dict], pad_id: int, share_prompt: bool = True) -> dict[str, torch.Tensor]:
-    """A batch of B pairs for `pair_rewards`, in either layout of `models.sequences`.
-
-    share_prompt: one row per pair, prompt + chosen + rejected, where the rejected tokens
-    cannot see the chosen ones and restart their positions after the prompt, so each
-    response reads exactly what it would read alone and the prompt is computed once.
-    Otherwise 2B right-padded rows (chosen rows, then rejected rows).
-
-    Adds chosen_end and rejected_end (B,): each response's last token (its EOS, where the
-    reward is read) as a flat index into the (rows * T) positions; margin (B,); and
-    num_tokens, the real tokens of the 2B prompt+response sequences (the prompt counted
-    twice, as separate sequences would have it).
-    """
-    sequences = [{"sequences": [(e["prompt_ids"], e["chosen_ids"]), (e["prompt_ids"], e["rejected_ids"])]} for e in examples]
-    batch = collate_sequences(sequences, (0, 1), pad_id, share_prompt)
-    width, n = batch["input_ids"].shape[1], len(examples)
-    p, c, r = (torch.tensor([len(e[k]) for e in examples]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
-    rows = torch.arange(n)
-    if share_prompt:
-        batch["chosen_end"], batch["rejected_end"] = rows * width + p + c - 1, rows * width + p + c + r - 1
-    else:
-        batch["chosen_end"], batch["rejected_end"] = rows * width + p + c - 1, (n + rows) * width + p + r - 1
-    batch["margin"] = torch.tensor([float(e.get("margin") or 0.0) for e in examples])
-    batch["num_tokens"] = (2 * p + c + r).sum()
-    return batch
-
-
-def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (B,), (B,) of the chosen and rejected responses of a `collate_pairs` batch, in one forward pass.
-
-    The forward goes through the top-level model (so DDP sees it); the scalar head reads
-    the final hidden state at each response's last token.
-    """
-    mask = batch["attention_mask"]
-    if mask.ndim == 4 and getattr(unwrap(model).config, "_attn_implementation", "eager") != "sdpa":  # eager adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
-    hidden = final_hidden_states(model, batch["input_ids"], mask, batch.get("position_ids")).flatten(0, 1)  # (rows * T, H)
-    ends = torch.cat([batch["chosen_end"], batch["rejected_end"]])  # (2B,)
-    return score_head(model, hidden[ends]).chunk(2)
-
-
-# ---------------------------------------------------------------- rewards and metrics
-
-def batch_loss(model, batch: dict, config: RewardConfig, num_pairs, world_size: int = 1):
-    """BT loss of one micro-batch, divided by the pair count of the whole step; also its (B,) rewards."""
-    chosen, rejected = pair_rewards(model, batch)
-    loss, _ = bradley_terry_loss(chosen, rejected, batch["margin"], config.center_rewards_coefficient, config.label_smoothing, num_pairs)
-    return loss * world_size, chosen.detach(), rejected.detach()  # DDP averages gradients over ranks; the pair sum must not be
-
-
-def train_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict], config: RewardConfig, step: int, nan_guard) -> dict:
-    """One optimizer step over this process's micro-batches; the loss divides by the whole step's pair count."""
+def reward_step(run: Run, model, optimizer, scheduler, micro_batches: list[dict], step: int) -> dict:
+    """One optimizer step; each micro-batch's Bradley-Terry loss divides by the whole step's pair count."""
+    accelerator, config = run.accelerator, run.config
     num_pairs = global_sum(accelerator, torch.tensor(float(sum(len(b["margin"]) for b in micro_batches)), device=accelerator.device))
-    step_loss, chosen, rejected = torch.zeros((), device=accelerator.device), [], []
-    for index, batch in enumerate(micro_batches):
+
+    def micro_loss(batch):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        sync = index == len(micro_batches) - 1
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-            loss, c, r = batch_loss(model, batch, config, num_pairs, accelerator.num_processes)
-            accelerator.backward(loss)
-        step_loss += loss.detach() / accelerator.num_processes
-        chosen.append(c)
-        rejected.append(r)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
-    if not nan_guard.should_skip(accelerator, step, step_loss, grad_norm):
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": global_sum(accelerator, step_loss).item(), **{k: v.item() for k, v in pair_metrics(torch.cat(chosen), torch.cat(rejected)).items()},
+        chosen, rejected = pair_rewards(model, batch)
+        loss, _ = bradley_terry_loss(chosen, rejected, batch["margin"], config.center_rewards_coefficient, config.label_smoothing, num_pairs)
+        return loss, (chosen.detach(), rejected.detach())
+
+    result = optimizer_step(run, model, optimizer, scheduler, micro_batches, micro_loss, step)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for loss in result.losses:
+        step_loss += loss
+    chosen, rejected = (torch.cat(side) for side in zip(*result.outputs))
+    metrics = {"loss": global_sum(accelerator, step_loss).item(), **{k: v.item() for k, v in pair_metrics(chosen, rejected).items()},
                "lr": scheduler.get_last_lr()[0], "pairs": int(num_pairs),
                "tokens": int(global_sum(accelerator, sum(b["num_tokens"] for b in micro_batches).to(accelerator.device)))}
-    if grad_norm is not None:
-        metrics["grad_norm"] = float(grad_norm)
+    if result.grad_norm is not None:
+        metrics["grad_norm"] = float(result.grad_norm)
     return metrics
 
 
@@ -262,56 +109,40 @@ def reward_stats(chosen: torch.Tensor, rejected: torch.Tensor, config: RewardCon
 def train_one(config: RewardConfig, train: list[dict], held_out: list[dict], stats_examples: list[dict],
               model_dir: Path, log_dir: Path, desc: str = "reward") -> dict:
     """Trains one reward model on `train`, saves it to `model_dir`; returns its summary and reward vectors."""
-    started = time.time()
-    accelerator = make_accelerator(config)  # seeds, so the head initialisation follows config.seed
+    run = start_run(config, desc, output_dir=log_dir)  # seeds, so the head initialisation follows config.seed
     model, tokenizer = load_reward_backbone(config)
-    share_prompt = config.share_prompt and supports_shared_prompt(model)
-    steps = total_optimizer_steps(len(train), config, accelerator.num_processes)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    share_prompt, pad_id = config.share_prompt and supports_shared_prompt(model), tokenizer.pad_token_id
+    steps, model, optimizer, scheduler = build_training(run, model, len(train))
     lengths = [len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in train] if config.group_by_length else None
-    stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes, lengths)
-    start_step = 0
-    if checkpoint := resolve_resume(config.resume, log_dir):
-        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
-        log.info(f"{desc}: resumed from {checkpoint} at step {start_step}")
-    logger = MetricsLogger(log_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
-    throughput, nan_guard, pad_id, pairs_seen = Throughput(), NanGuard(config.max_nan_steps), tokenizer.pad_token_id, 0
+    stream = BatchStream(len(train), config.batch_size, config.seed, run.accelerator.process_index, run.accelerator.num_processes, lengths)
+    resume(run, model, optimizer, scheduler, stream)
     trainable, total = count_parameters(model)
     log.info(f"{desc}: {len(train)} pairs, {steps} steps, {trainable:,}/{total:,} trainable parameters, "
              f"{'shared-prompt rows' if share_prompt else 'chosen and rejected rows'}")
 
     model.train()
-    history = []
-    progress = tqdm(range(start_step + 1, steps + 1), desc=desc, disable=not accelerator.is_local_main_process, mininterval=5)
-    for step in progress:
-        throughput.start()
-        rows = stream.next_step(config.grad_accum_steps)
-        metrics = train_step(accelerator, model, optimizer, scheduler, [collate_pairs([train[i] for i in r], pad_id, share_prompt) for r in rows],
-                             config, step, nan_guard)
-        tokens_per_s, pairs = throughput.stop(metrics.pop("tokens")), metrics.pop("pairs")
+    pairs_seen = 0
+    for step in (progress := steps_left(run, steps, mininterval=5)):
+        run.throughput.start()
+        micro_batches = [collate_pairs([train[i] for i in rows], pad_id, share_prompt) for rows in stream.next_step(config.grad_accum_steps)]
+        metrics = reward_step(run, model, optimizer, scheduler, micro_batches, step)
+        timing, pairs = step_timing(run, metrics.pop("tokens")), metrics.pop("pairs")
         pairs_seen += pairs
-        metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": tokens_per_s,
-                        "throughput/pairs_per_s": pairs / throughput.last_seconds, "step_seconds": throughput.last_seconds,
-                        "nan_skipped": nan_guard.skipped})
-        if held_out and config.eval_every and step % config.eval_every == 0 and step != steps:
-            metrics.update(held_out_metrics(*rewards_of(model, held_out, pad_id, config.batch_size, accelerator, share_prompt), held_out, config))
-        if step % config.logging_every == 0 or step == steps:
-            logger.log(step, metrics)
-        history.append(metrics)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}", tok_s=f"{tokens_per_s:.0f}")
-        if config.save_every and step % config.save_every == 0 and step != steps:
-            save_checkpoint(log_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+        metrics.update({"epoch": stream.fractional_epoch, **timing, "throughput/pairs_per_s": pairs / run.throughput.last_seconds,
+                        "nan_skipped": run.nan_guard.skipped})
+        if held_out and due(config.eval_every, step, steps):
+            metrics.update(held_out_metrics(*rewards_of(model, held_out, pad_id, config.batch_size, run.accelerator, share_prompt), held_out, config))
+        log_step(run, step, steps, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}", tok_s=f"{timing['throughput/tokens_per_s']:.0f}")
+        if due(config.save_every, step, steps):
+            save_checkpoint(log_dir, step, run.accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
 
-    result = evaluate_and_save(model, tokenizer, accelerator, config, held_out, stats_examples, model_dir, share_prompt, logger, steps)
-    logger.close()
-    result["summary"] = {"model": str(model_dir), "seed": config.seed, "steps": steps, "train_pairs": len(train),
-                         "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
-                         "nan_skipped": nan_guard.skipped, **result["summary"],
-                         "tokens_per_s": throughput.mean, "pairs_per_s": pairs_seen / max(throughput.seconds, 1e-9),
-                         "seconds": time.time() - started}
-    accelerator.free_memory()
+    result = evaluate_and_save(model, tokenizer, run.accelerator, config, held_out, stats_examples, model_dir, share_prompt, run.logger, steps)
+    run.logger.close()
+    result["summary"] = {"model": str(model_dir), "seed": config.seed, "steps": steps, "train_pairs": len(train), **first_and_last_loss(run),
+                         "nan_skipped": run.nan_guard.skipped, **result["summary"], "tokens_per_s": run.throughput.mean,
+                         "pairs_per_s": pairs_seen / max(run.throughput.seconds, 1e-9), "seconds": time.time() - run.started}
+    run.accelerator.free_memory()
     return result
 
 
@@ -347,8 +178,6 @@ def unwrap_for_save(model):
     """The plain transformers model: DDP/compile wrappers removed, a LoRA adapter merged into a copy."""
     model = strip_wrappers(model)
     if hasattr(model, "peft_config"):
-        import copy
-
         model = copy.deepcopy(model).merge_and_unload()
     return model
 
@@ -443,10 +272,4 @@ def format_summary(summary: dict) -> str:
 
 def reward(config: RewardConfig | dict | None = None, **overrides) -> dict:
     """Python entry point: `alignkit.train.reward({"model": ..., "data": ...})` or with keyword overrides."""
-    from alignkit.config import config_from_dict
-
-    if isinstance(config, RewardConfig):
-        values = {**asdict(config), **overrides}
-    else:
-        values = {**(config or {}), **overrides}
-    return train_reward(config_from_dict(RewardConfig, values, "reward config"))
+    return train_reward(config_with_overrides(RewardConfig, config, overrides, "reward config"))

@@ -7,27 +7,27 @@ mask 0), computed with the LM head applied to those positions alone.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from functools import partial
 import time
-from dataclasses import asdict
-from pathlib import Path
+from functools import partial
 
 import torch
-from tqdm.auto import tqdm
 
-from alignkit.config import SFTConfig, save_config
+from alignkit.config import SFTConfig, config_with_overrides
 from alignkit.data.collate import collate_lm, collate_packed
 from alignkit.data.formats import load_dataset
+from alignkit.data.split import split_holdout
 from alignkit.data.tokenize import tokenize_sft
 from alignkit.errors import AlignkitError
 from alignkit.losses.sft import sft_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.logprobs import token_logprobs
-from alignkit.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from alignkit.train.loop import BatchStream, MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, global_sum, log, make_accelerator, save_model, split_holdout, total_optimizer_steps
-from alignkit.io import write_json
+from alignkit.train.checkpoint import save_checkpoint
+from alignkit.train.loop import BatchStream, global_sum, log, save_model
+from alignkit.train.run import (
+    Run, build_training, due, finish_run, first_and_last_loss, log_step, optimizer_step, record_config, resume, start_run,
+    step_timing, steps_left,
+)
 
 SFT_KINDS = ("language_modeling", "prompt_completion")
 
@@ -52,11 +52,10 @@ def load_sft_data(config: SFTConfig, tokenizer):
     return train, held_out, report, eval_report
 
 
-def batch_loss(model, batch, num_items=None, world_size: int = 1):
+def batch_loss(model, batch, num_items=None):
     """SFT loss of one padded or packed batch; `num_items` is the token count the whole step divides by."""
     logps, _ = token_logprobs(model, batch["input_ids"], batch.get("attention_mask"), batch["loss_mask"], batch.get("position_ids"))
-    loss, metrics = sft_loss(logps, batch["loss_mask"], num_items)
-    return loss * world_size, metrics  # DDP averages gradients over ranks; the token sum must not be
+    return sft_loss(logps, batch["loss_mask"], num_items)
 
 
 @torch.no_grad()
@@ -76,88 +75,62 @@ def evaluate_sft(model, examples, pad_id, batch_size, accelerator) -> dict:
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50))}
 
 
-def train_step(accelerator, model, optimizer, scheduler, micro_batches, config, step: int, nan_guard) -> dict:
-    """One optimizer step over this process's micro-batches; the loss divides by the whole step's token count."""
+def sft_step(run: Run, model, optimizer, scheduler, micro_batches: list[dict], step: int) -> dict:
+    """One optimizer step; each micro-batch's loss divides by the whole step's token count."""
+    accelerator = run.accelerator
     num_items = global_sum(accelerator, sum(b["loss_mask"].sum() for b in micro_batches).to(accelerator.device))
-    step_loss = torch.zeros((), device=accelerator.device)
-    for index, batch in enumerate(micro_batches):
+
+    def micro_loss(batch):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        sync = index == len(micro_batches) - 1
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-            loss, _ = batch_loss(model, batch, num_items, accelerator.num_processes)
-            accelerator.backward(loss)
-        step_loss += loss.detach() / accelerator.num_processes
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
-    if not nan_guard.should_skip(accelerator, step, step_loss, grad_norm):
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+        return batch_loss(model, batch, num_items)[0], None
+
+    result = optimizer_step(run, model, optimizer, scheduler, micro_batches, micro_loss, step)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for loss in result.losses:
+        step_loss += loss
+    tokens = sum(b["input_ids"].numel() if "position_ids" in b else int(b["attention_mask"].sum()) for b in micro_batches)
     metrics = {"loss": global_sum(accelerator, step_loss).item(), "lr": scheduler.get_last_lr()[0],
-               "tokens": int(global_sum(accelerator, torch.tensor(sum(b["input_ids"].numel() if "position_ids" in b else int(b["attention_mask"].sum()) for b in micro_batches))))}
-    if grad_norm is not None:
-        metrics["grad_norm"] = float(grad_norm)
+               "tokens": int(global_sum(accelerator, torch.tensor(tokens)))}
+    if result.grad_norm is not None:
+        metrics["grad_norm"] = float(result.grad_norm)
     return metrics
 
 
 def train_sft(config: SFTConfig) -> dict:
     """Runs SFT end to end and returns the summary (also written to `<output_dir>/summary.json`)."""
-    started = time.time()
-    accelerator = make_accelerator(config)
+    run = start_run(config, "sft")
     model, tokenizer = load_policy(config)
     train, held_out, report, eval_report = load_sft_data(config, tokenizer)
-    if accelerator.is_main_process:
-        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        save_config(config, f"{config.output_dir}/config.yaml")
-
-    steps = total_optimizer_steps(len(train), config, accelerator.num_processes)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    stream = BatchStream(len(train), config.batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
-    start_step = 0
-    if checkpoint := resolve_resume(config.resume, config.output_dir):
-        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream)["step"]
-        log.info(f"resumed from {checkpoint} at step {start_step}")
-    logger = MetricsLogger(config.output_dir, config.report_to, accelerator.is_main_process, resume_step=start_step)
-    throughput, nan_guard = Throughput(), NanGuard(config.max_nan_steps)
+    record_config(run)
+    steps, model, optimizer, scheduler = build_training(run, model, len(train))
+    stream = BatchStream(len(train), config.batch_size, config.seed, run.accelerator.process_index, run.accelerator.num_processes)
+    resume(run, model, optimizer, scheduler, stream)
     trainable, total = count_parameters(model)
     log.info(f"SFT: {len(train)} rows, {steps} steps, {trainable:,}/{total:,} trainable parameters")
+    collate = collate_packed if config.packing else partial(collate_lm, pad_token_id=tokenizer.pad_token_id)
+    evaluate = partial(evaluate_sft, model, held_out, tokenizer.pad_token_id, config.batch_size, run.accelerator)
 
     model.train()
-    history = []
-    progress = tqdm(range(start_step + 1, steps + 1), desc="sft", disable=not accelerator.is_local_main_process, mininterval=5)
-    for step in progress:
-        throughput.start()
-        rows = stream.next_step(config.grad_accum_steps)
-        collate = collate_packed if config.packing else partial(collate_lm, pad_token_id=tokenizer.pad_token_id)
-        metrics = train_step(accelerator, model, optimizer, scheduler, [collate([train[i] for i in r]) for r in rows], config, step, nan_guard)
-        metrics.update({"epoch": stream.fractional_epoch, "throughput/tokens_per_s": throughput.stop(metrics.pop("tokens")),
-                        "step_seconds": throughput.last_seconds, "nan_skipped": nan_guard.skipped})
-        if held_out and config.eval_every and step % config.eval_every == 0 and step != steps:
-            metrics.update(evaluate_sft(model, held_out, tokenizer.pad_token_id, config.batch_size, accelerator))
-        if step % config.logging_every == 0 or step == steps:
-            logger.log(step, metrics)
-        history.append(metrics)
+    for step in (progress := steps_left(run, steps, mininterval=5)):
+        run.throughput.start()
+        micro_batches = [collate([train[i] for i in rows]) for rows in stream.next_step(config.grad_accum_steps)]
+        metrics = sft_step(run, model, optimizer, scheduler, micro_batches, step)
+        metrics.update({"epoch": stream.fractional_epoch, **step_timing(run, metrics.pop("tokens")), "nan_skipped": run.nan_guard.skipped})
+        if held_out and due(config.eval_every, step, steps):
+            metrics.update(evaluate())
+        log_step(run, step, steps, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
-        if config.save_every and step % config.save_every == 0 and step != steps:
-            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+        if due(config.save_every, step, steps):
+            save_checkpoint(config.output_dir, step, run.accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
 
-    final_eval = evaluate_sft(model, held_out, tokenizer.pad_token_id, config.batch_size, accelerator) if held_out else {}
-    if final_eval:
-        logger.log(steps, final_eval)
-    logger.close()
-    saved = save_model(accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)
-    summary = {
+    final_eval = evaluate() if held_out else {}
+    saved = save_model(run.accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)
+    summarize = lambda: {  # noqa: E731
         "stage": "sft", "model": str(saved), "steps": steps, "train_rows": len(train), "eval_rows": len(held_out),
-        "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None,
-        "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
-        "nan_skipped": nan_guard.skipped, **final_eval,
-        "tokens_per_s": throughput.mean, "seconds": time.time() - started,
+        "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None, **first_and_last_loss(run),
+        "nan_skipped": run.nan_guard.skipped, **final_eval, "tokens_per_s": run.throughput.mean, "seconds": time.time() - run.started,
     }
-    if accelerator.is_main_process:
-        write_json(f"{config.output_dir}/summary.json", summary)
-        log.info(format_summary(summary))
-    return summary
+    return finish_run(run, steps, final_eval, summarize, format_summary)
 
 
 def format_summary(summary: dict) -> str:
@@ -176,10 +149,4 @@ def format_summary(summary: dict) -> str:
 
 def sft(config: SFTConfig | dict | None = None, **overrides) -> dict:
     """Python entry point: `alignkit.train.sft({"model": ..., "data": ...})` or with keyword overrides."""
-    from alignkit.config import config_from_dict
-
-    if isinstance(config, SFTConfig):
-        values = {**asdict(config), **overrides}
-    else:
-        values = {**(config or {}), **overrides}
-    return train_sft(config_from_dict(SFTConfig, values, "sft config"))
+    return train_sft(config_with_overrides(SFTConfig, config, overrides, "sft config"))

@@ -1,0 +1,115 @@
+"""Preference pairs for reward modeling: screening (identical or empty pairs), tokenization, the report of every dropped row.
+
+Each pair becomes {"prompt_ids", "chosen_ids", "rejected_ids", "margin", "strength", "row"};
+`alignkit.models.reward.collate_pairs` batches them for one forward pass per pair.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from alignkit.data.formats import load_dataset
+from alignkit.data.split import split_holdout
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
+from alignkit.errors import AlignkitError
+
+log = logging.getLogger("alignkit")
+
+PREFERENCE_HINT = ("; a reward model learns from pairs: give each prompt a `chosen` and a `rejected` response "
+                   "(rows with prompt, completion and label go to `alignkit kto`)")
+
+
+@dataclass
+class PairReport(TokenizeReport):
+    """TokenizeReport with a count per reason (identical pairs, empty responses, too long)."""
+
+    counts: dict = field(default_factory=dict)
+
+    def note(self, reason: str, number: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        super().note(reason, number)
+
+    def summary(self, source: str = "data") -> str:
+        text = f"{source}: {self.kept}/{self.rows} pairs kept, {self.truncated} truncated, {self.dropped} dropped"
+        for reason, count in self.counts.items():
+            rows = self.examples[reason]
+            text += f"; {reason}: {count} (rows {', '.join(map(str, rows))}{'...' if count > len(rows) else ''})"
+        return text
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "reasons": dict(self.counts)}
+
+
+def _is_empty(response) -> bool:
+    if isinstance(response, str):
+        return not response.strip()
+    return all(not str(m.get("content", "")).strip() for m in response)
+
+
+def screen_pair(row: dict, number: int, config, source: str, report: PairReport) -> bool:
+    """Whether to keep a pair, by `identical_pairs` and `empty_responses`; every case is counted in `report`."""
+    checks = (("identical_pairs", row["chosen"] == row["rejected"], "chosen identical to rejected"),
+              ("empty_responses", _is_empty(row["chosen"]) or _is_empty(row["rejected"]), "empty response"))
+    for key, failed, what in checks:
+        if not failed:
+            continue
+        action = getattr(config, key)
+        if action == "error":
+            raise AlignkitError(f"{source} row {number}: {what}; fix the row, or set `{key}: drop` (or keep) to continue")
+        report.note(f"{what} ({'dropped' if action == 'drop' else 'kept'})", number)
+        if action == "drop":
+            report.dropped += 1
+            return False
+    return True
+
+
+def tokenize_pairs(numbered_rows: list[tuple[int, dict]], tokenizer, config, source: str) -> tuple[list[dict], PairReport]:
+    """Examples {"prompt_ids", "chosen_ids", "rejected_ids", "margin", "strength", "row"} and what happened to each row.
+
+    Each prompt + response must fit `max_length` (as its own sequence); longer pairs
+    have their prompt cut (`truncation_side`), then the responses, or are dropped
+    (`truncation_mode: drop`).
+    """
+    report = PairReport(rows=len(numbered_rows))
+    examples = []
+    for number, row in numbered_rows:
+        if not screen_pair(row, number, config, source, report):
+            continue
+        prompt_ids, (chosen, rejected) = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
+        if len(prompt_ids) + max(len(chosen), len(rejected)) > config.max_length:
+            if config.truncation_mode == "drop":
+                report.dropped += 1
+                report.note(f"longer than max_length={config.max_length} (dropped)", number)
+                continue
+            prompt_ids, (chosen, rejected), _ = fit_prompt_completions(prompt_ids, [chosen, rejected], config.max_length, config.truncation_side)
+            report.truncated += 1
+            report.note(f"longer than max_length={config.max_length} (truncated)", number)
+        examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "row": number,
+                         "margin": row.get("margin", 0.0) if config.use_margin else 0.0, "strength": row.get("strength")})
+    report.kept = len(examples)
+    return examples, report
+
+
+def load_reward_data(config, tokenizer):
+    """Tokenized train and held-out pairs, with their reports."""
+    if not config.data:
+        raise AlignkitError("no training data: set `data:` in the config or pass --data FILE (preference rows: prompt, chosen, rejected)")
+    rows, fmt = load_dataset(config.data, ("preference",), "reward modeling", config.data_split, hint=PREFERENCE_HINT)
+    numbered = list(enumerate(rows, start=1))
+    if config.eval_data:
+        eval_rows, _ = load_dataset(config.eval_data, ("preference",), "reward modeling evaluation", "test", hint=PREFERENCE_HINT)
+        eval_numbered, eval_source = list(enumerate(eval_rows, start=1)), config.eval_data
+    else:
+        numbered, eval_numbered = split_holdout(numbered, config.eval_fraction, config.seed)
+        eval_source = f"{config.data} (held out)"
+    train, report = tokenize_pairs(numbered, tokenizer, config, config.data)
+    held_out, eval_report = tokenize_pairs(eval_numbered, tokenizer, config, eval_source) if eval_numbered else ([], None)
+    log.info(report.summary(f"{config.data} ({fmt})"))
+    if eval_report:
+        log.info(eval_report.summary(eval_source))
+    if not train:
+        raise AlignkitError(f"{config.data}: no training pairs are left; see the report above")
+    return train, held_out, report, eval_report
+
+
