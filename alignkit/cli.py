@@ -14,6 +14,7 @@ import os
 import sys
 
 from alignkit.errors import AlignkitError
+from alignkit.config import field_help, load_config
 
 # command -> (config class path, run function path, one-line description)
 STAGES = {
@@ -27,7 +28,7 @@ STAGES = {
 }
 # other commands -> (module path with `add_arguments(parser)` and `run(args)`, description)
 COMMANDS = {
-    "data": ("alignkit.data.cli", "datasets: make built-in tasks, inspect files"),
+    "data": ("alignkit.data_cli", "datasets: make built-in tasks, inspect files"),
     "score": ("alignkit.score", "score (prompt, response) or preference rows with a reward model or ensemble"),
     "judge": ("alignkit.feedback.judge_cli", "AI feedback: a judge model compares responses under a constitution (both orders), or critiques and revises"),
     "annotate": ("alignkit.feedback.annotate.cli", "human pairwise annotation: web app, annotators, export to preference JSONL"),
@@ -43,8 +44,6 @@ def _resolve(path: str):
 
 
 def _stage_help(config_path: str) -> str:
-    from alignkit.config import field_help
-
     cls = _resolve(config_path)
     defaults = cls()
     lines = ["config keys (YAML or --key value):"]
@@ -115,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         return _launch_distributed(args.num_processes, argv)
     try:
         if args.command in STAGES:
-            from alignkit.config import load_config
-
             config_path, run_path, _ = STAGES[args.command]
             config = load_config(_resolve(config_path), args.config, rest)
             _resolve(run_path)(config)

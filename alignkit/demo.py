@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.config import option
+from alignkit.config import load_config, option, PipelineConfig
+from alignkit.data.tasks.hhh_mini import gold_rewards
+from alignkit.models.generation import generate_answers
+from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.pipeline import run_pipeline
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -24,9 +28,6 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig) -> dict:
-    from alignkit.config import PipelineConfig, load_config
-    from alignkit.pipeline import run_pipeline
-
     path = Path(config.config)
     if not path.is_file() and config.config == "configs/demo.yaml":
         path = DEMO_CONFIG
@@ -41,9 +42,6 @@ def gold_evaluation(model_path: str, rows: list[dict], max_new_tokens: int) -> t
     """Greedy answers to `rows` (hhh-mini prompt rows) and their gold rewards."""
     import torch
 
-    from alignkit.data.tasks.hhh_mini import gold_rewards
-    from alignkit.models.generation import generate_answers
-    from alignkit.models.load import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path)

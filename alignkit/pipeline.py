@@ -30,6 +30,11 @@ from alignkit.config import (
 )
 from alignkit import api
 from alignkit.errors import AlignkitError
+from alignkit.data.load import load_rows
+from alignkit.data.tasks import hhh_mini
+from alignkit.evaluate.compare import evaluate_models, format_table
+from alignkit.evaluate.report import write_report
+from alignkit.io import write_json, write_jsonl
 
 log = logging.getLogger("alignkit")
 RL_CONFIGS = {"grpo": GRPOConfig, "ppo": PPOConfig}
@@ -76,10 +81,6 @@ def stage_configs(config: PipelineConfig) -> dict:
 
 def write_data(config: PipelineConfig) -> None:
     """The task's splits, plus the RL/DPO training prompts minus `n_val` held out for the monitor."""
-    from alignkit.data.load import load_rows
-    from alignkit.io import write_jsonl
-    from alignkit.data.tasks import hhh_mini
-
     data = Path(config.workdir) / "data"
     if not (data / "prompts_test.jsonl").is_file():
         counts = hhh_mini.write_dataset(data, seed=config.seed, n_train=config.n_train, n_test=config.n_test)
@@ -114,12 +115,8 @@ def run_stage(name: str, configs: dict, pipeline: PipelineConfig):
     if name == "policy":
         return api.run_online(configs["policy"], pipeline.policy)
     if name == "eval":
-        from alignkit.evaluate.compare import evaluate_models
-
         return evaluate_models(eval_models(pipeline), "sft", configs["eval"], Path(pipeline.workdir) / "eval")
     if name == "report":
-        from alignkit.evaluate.report import write_report
-
         return write_report(pipeline.workdir)
     raise AlignkitError(f"unknown stage {name!r}")
 
@@ -142,9 +139,6 @@ def _cpu_seconds() -> float:
 
 def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
     """Runs the configured stages in order, reusing finished ones; returns (and writes) pipeline.json's content."""
-    from alignkit.evaluate.compare import format_table
-    from alignkit.io import write_json
-
     started, cpu_started = time.time(), _cpu_seconds()
     configs = stage_configs(config)
     stages = ["policy" if s in ("ppo", "grpo") else s for s in config.stages]
@@ -174,7 +168,6 @@ def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
         record["results"] = {"models": results["models"], "reference": results["reference"], "prompts": results["prompts"]}
     write_json(work / "pipeline.json", record)
     if "report" in stages:  # again, so the page shows the final table and timings
-        from alignkit.evaluate.report import write_report
 
         write_report(work)
     print(format_final(record, work))

@@ -15,6 +15,10 @@ import argparse
 import logging
 
 from alignkit.errors import AlignkitError
+from alignkit.data.formats import detect_format, require_kind, validate_rows
+from alignkit.data.load import load_rows
+from alignkit.io import write_jsonl
+from alignkit.models.reward import RewardModel, RewardScores
 
 log = logging.getLogger("alignkit")
 SCORABLE = ("prompt_completion", "unpaired_preference", "preference")
@@ -34,9 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_scorable(source: str, split: str) -> tuple[list[dict], list[dict], str]:
     """(original rows, validated rows with a `completion` column or chosen/rejected, kind)."""
-    from alignkit.data.formats import detect_format, require_kind, validate_rows
-    from alignkit.data.load import load_rows
-
     rows = load_rows(source, split)
     renamed = [{**r, "completion": r["response"]} if "response" in r and "completion" not in r else r for r in rows]
     fmt = detect_format(renamed, source)
@@ -56,9 +57,6 @@ def score_columns(scores, name: str, k: float, ensemble: bool) -> list[dict]:
 
 
 def run(args) -> None:
-    from alignkit.io import write_jsonl
-    from alignkit.models.reward import RewardModel
-
     if args.batch_size < 1:
         raise AlignkitError(f"--batch-size must be at least 1, got {args.batch_size}")
     rows, valid, kind = read_scorable(args.data, args.split)
@@ -86,6 +84,4 @@ def run(args) -> None:
 
 
 def _slice(scores, start: int, end: int):
-    from alignkit.models.reward import RewardScores
-
     return RewardScores(scores.mean[start:end], scores.std[start:end], scores.members[:, start:end])

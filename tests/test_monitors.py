@@ -166,3 +166,64 @@ def test_dpo_monitor_uses_the_implicit_reward_and_the_adapter_reference(tmp_path
         assert check["monitor/proxy"] == pytest.approx(0.1 * check["monitor/kl"], rel=1e-4, abs=1e-6)
     assert checks[-1]["monitor/kl"] != 0.0 and "hacking/length_corr" in checks[-1]
     assert (tmp_path / "dpo" / "best" / "adapter" / "adapter_config.json").is_file()
+
+
+# ---------------------------------------------------------------- what the monitor costs
+
+def _causal_lms() -> int:
+    import gc
+
+    gc.collect()
+    return sum(type(o).__name__.endswith("ForCausalLM") for o in gc.get_objects())
+
+
+def test_dpo_with_a_monitor_holds_two_models_not_three(tmp_path, write_jsonl, tiny_path, monkeypatch):
+    """Full fine-tuning, reference: copy: the monitor measures KL against the recipe's own frozen copy."""
+    import alignkit
+    from alignkit.evaluate.monitors import TrainingMonitor
+
+    pairs = write_jsonl([{"prompt": f"Say something about {i}.", "chosen": "a calm short answer", "rejected": "LOUD WORDS HERE"}
+                         for i in range(8)], "pairs.jsonl")
+    baseline, during, real = _causal_lms(), [], TrainingMonitor.check
+
+    def counting(self, step, model):
+        during.append(_causal_lms())
+        return real(self, step, model)
+
+    monkeypatch.setattr(TrainingMonitor, "check", counting)
+    alignkit.dpo(model=tiny_path, data=pairs, eval_data=pairs, output_dir=str(tmp_path / "dpo"), reference="copy", learning_rate=1e-3,
+                 batch_size=4, max_steps=2, mixed_precision="no", report_to=[], monitor={"every": 1, "max_prompts": 4, "max_new_tokens": 4})
+    assert during == [baseline + 2, baseline + 2]  # the policy and the reference, at every check
+
+
+def test_a_grpo_step_with_the_monitor_scores_each_rollout_once(tmp_path, write_jsonl, tiny_path, monkeypatch):
+    """The hacking alarms read the rewards the rollout already has; only the cut answers of the truncation test are new."""
+    import alignkit
+
+    recipe = __import__("importlib").import_module("alignkit.train.ppo")
+    scored, rollouts, real_experience = [], [], recipe.make_experience
+
+    def recording(*args, **kwargs):
+        rollout, metrics = real_experience(*args, **kwargs)
+        rollouts.append(list(rollout.responses))
+        return rollout, metrics
+
+    monkeypatch.setattr(recipe, "make_experience", recording)
+    monkeypatch.setattr(f"{__name__}.SCORED", scored, raising=False)
+    prompts = write_jsonl([{"prompt": f"Write about topic {i}."} for i in range(8)], "prompts.jsonl")
+    alignkit.grpo(model=tiny_path, data=prompts, reward_function=f"{__name__}:counted_words", output_dir=str(tmp_path / "grpo"),
+                  mixed_precision="no", max_new_tokens=6, report_to=[], max_steps=3, prompts_per_step=2, group_size=4,
+                  batch_size=8, monitor={"every": 0, "hacking_every": 1, "truncation_samples": 8})
+    assert len(rollouts) == 3
+    for responses in rollouts:
+        assert sum(call == responses for call in scored) == 1  # the rollout's answers went to the reward once
+    cut_calls = sum(any(len(a.split()) >= 2 for a in responses) for responses in rollouts)  # the truncation test's
+    assert len(scored) == 3 + cut_calls  # per step: the rollout, then (when an answer has words to cut) its cut answers
+
+
+SCORED: list = []
+
+
+def counted_words(prompts, responses, **columns):
+    SCORED.append(list(responses))
+    return [float(len(r.split())) for r in responses]

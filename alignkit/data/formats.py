@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
+from alignkit.data.load import load_rows
 
 ROLES = ("system", "user", "assistant", "tool")
 KINDS = ("language_modeling", "prompt_completion", "prompt_only", "preference", "unpaired_preference")
@@ -162,8 +163,6 @@ def require_kind(fmt: DataFormat, allowed: tuple[str, ...], source: str, stage: 
 
 def load_dataset(source, allowed: tuple[str, ...], stage: str, split: str = "train", hint: str = "") -> tuple[list[dict], DataFormat]:
     """Loads, detects, checks the kind against what `stage` accepts, and validates every row."""
-    from alignkit.data.load import load_rows
-
     rows = load_rows(source, split)
     fmt = detect_format(rows, str(source))
     require_kind(fmt, allowed, str(source), stage, hint)

@@ -227,3 +227,18 @@ def fit_prompt_completions(prompt_ids: list[int], completions: list[list[int]], 
     prompt_ids = prompt_ids[len(prompt_ids) - room:] if side == "left" else prompt_ids[:room]
     completions = [c[: max_length - len(prompt_ids)] for c in completions]
     return prompt_ids, completions, True
+
+
+def fit_or_drop(prompt_ids: list[int], completions: list[list[int]], max_length: int, side: str, mode: str,
+                report: TokenizeReport, number: int) -> tuple[list[int], list[list[int]]] | None:
+    """`fit_prompt_completions` under `truncation_mode`: the fitted row, or None when `mode` is drop and it was too long;
+    either case is counted in `report` against row `number`."""
+    prompt_ids, completions, truncated = fit_prompt_completions(prompt_ids, completions, max_length, side)
+    if truncated and mode == "drop":
+        report.dropped += 1
+        report.note(f"longer than max_length={max_length}", number)
+        return None
+    if truncated:
+        report.truncated += 1
+        report.note(f"truncated to max_length={max_length}", number)
+    return prompt_ids, completions

@@ -26,13 +26,20 @@ import numpy as np
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.metrics import kl_to_reference, text_metrics, token_lengths
 from alignkit.evaluate.winrate import mean_ci, outcomes_from_judge, outcomes_from_scores, win_rate
+from alignkit.data.formats import load_dataset
+from alignkit.data.load import load_rows
+from alignkit.evaluate.shift import reward_model_shift
+from alignkit.feedback.judge import bias_report, judge_pairs, make_judge, read_constitution
+from alignkit.io import write_json
+from alignkit.models.generation import generate_answers
+from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.reward import RewardModel
+from alignkit.rl.rewards import FunctionReward
 
 log = logging.getLogger("alignkit")
 
 
 def load_eval_rows(config) -> list[dict]:
-    from alignkit.data.formats import load_dataset
-
     if not config.data:
         raise AlignkitError("no evaluation prompts: pass --data FILE (rows with a `prompt` column, e.g. hhh-mini's prompts_test.jsonl)")
     kinds = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")
@@ -69,8 +76,6 @@ def _write_cache(file: Path, key: dict, rows: list[dict], answers: list[str]) ->
 
 
 def load_model(path: str):
-    from alignkit.models.load import load_causal_lm, load_tokenizer
-
     model = load_causal_lm(path).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -78,8 +83,6 @@ def load_model(path: str):
 
 
 def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[str]:
-    from alignkit.models.generation import generate_answers
-
     file, key = out_dir / "answers" / f"{name}.jsonl", _cache_key(path, config, len(rows))
     cached = _read_cache(file, key)
     if cached is not None and len(cached) == len(rows):
@@ -96,7 +99,6 @@ def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
     """k1 KL(policy || reference), nats per answer, on `kl_samples` sampled answers per prompt."""
     import torch
 
-    from alignkit.models.generation import generate_answers
 
     prompts = [r["prompt"] for r in rows] * config.kl_samples
     with torch.random.fork_rng():
@@ -135,14 +137,10 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[s
     prompts, columns = [r["prompt"] for r in rows], _columns(rows)
     scores = {name: {} for name in answers}
     if config.gold:
-        from alignkit.rl.rewards import FunctionReward
-
         gold = FunctionReward(config.gold)
         for name, texts in answers.items():
             scores[name]["gold"] = gold(prompts, texts, columns)
     if config.reward_model:
-        from alignkit.models.reward import RewardModel
-
         model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
         for name, texts in answers.items():
             result = model.score(prompts, texts, batch_size=config.batch_size)
@@ -155,8 +153,6 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[s
 
 def judge_outcomes(answers: dict[str, list[str]], reference: str, rows: list[dict], config) -> dict[str, dict]:
     """Per policy: the judge's outcomes (both orders averaged) and its position-bias report."""
-    from alignkit.feedback.judge import bias_report, judge_pairs, make_judge, read_constitution
-
     judge = make_judge(endpoint=config.judge_endpoint) if config.judge_endpoint else make_judge(config.judge, batch_size=config.batch_size)
     constitution = read_constitution(config.constitution or None)
     out = {}
@@ -193,8 +189,6 @@ def compare_all(answers, scores, judged, kls, reference: str, tokenizer, config)
 
 def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str | Path) -> dict:
     """Answers, scores and comparisons of `models` (name -> model dir) against `models[reference]`; see the module doc."""
-    from alignkit.io import write_json
-
     out_dir = Path(out_dir)
     if reference not in models:
         raise AlignkitError(f"the reference {reference!r} is not among the models {sorted(models)}")
@@ -215,10 +209,6 @@ def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str
 
 
 def shift_section(config) -> dict:
-    from alignkit.data.load import load_rows
-    from alignkit.evaluate.shift import reward_model_shift
-    from alignkit.models.reward import RewardModel
-
     pairs = [r for r in load_rows(config.pairs) if "chosen" in r and "rejected" in r and "prompt" in r]
     train_prompts = [r["prompt"] for r in load_rows(config.train_prompts) if "prompt" in r]
     if not pairs or not train_prompts:

@@ -17,11 +17,13 @@ import argparse
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.config import EvalConfig, field_help, load_config
+from alignkit.evaluate.compare import evaluate_models, format_table
+from alignkit.evaluate.report import write_report
+from alignkit.evaluate.shift import format_shift
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from alignkit.config import EvalConfig, field_help
-
     parser.add_argument("--policy", action="append", required=True, help="policy model or run directory; repeat for several (name=DIR names one)")
     parser.add_argument("--reference", required=True, help="reference model or run directory (e.g. the SFT model); name=DIR names it")
     parser.add_argument("--out", default="", help="output directory (default: <first policy>/eval)")
@@ -40,10 +42,6 @@ def _named(spec: str, fallback: str) -> tuple[str, str]:
 
 
 def run(args) -> None:
-    from alignkit.config import EvalConfig, load_config
-    from alignkit.evaluate.compare import evaluate_models, format_table
-    from alignkit.evaluate.report import write_report
-
     overrides = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__ and v is not None}
     config = load_config(EvalConfig, args.config, overrides)
     reference, reference_path = _named(args.reference, "reference")
@@ -59,7 +57,5 @@ def run(args) -> None:
     results = evaluate_models(models, reference, config, out)
     print(format_table(results))
     if "shift" in results:
-        from alignkit.evaluate.shift import format_shift
-
         print(format_shift(results["shift"]))
     print(f"\nresults: {out / 'results.json'}; report: {write_report(out)}")

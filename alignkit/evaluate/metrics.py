@@ -17,6 +17,10 @@ from typing import Sequence
 
 import torch
 from alignkit.models.wrapping import adapters_disabled
+from alignkit.data.collate import collate_prompt_completions
+from alignkit.data.tokenize import encode_completions
+from alignkit.losses.kl import kl_per_token
+from alignkit.models.logprobs import token_logprobs
 
 # Phrases that open or make a refusal. Matched case-insensitively anywhere in the answer,
 # so "I'm sorry, but I can't help with that" counts and "Sorry to hear that! Here is..." does not.
@@ -82,9 +86,6 @@ def text_metrics(texts: Sequence[str], tokenizer=None) -> dict:
 
 def answer_batch(tokenizer, prompts: Sequence, answers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Right-padded prompt + answer (+ EOS) rows through the chat template, loss mask on the answer."""
-    from alignkit.data.collate import collate_prompt_completions
-    from alignkit.data.tokenize import encode_completions
-
     prompt_ids, completion_ids = [], []
     for prompt, answer in zip(prompts, answers):
         p, (c,) = encode_completions(tokenizer, prompt, [answer])
@@ -95,8 +96,6 @@ def answer_batch(tokenizer, prompts: Sequence, answers: Sequence[str]) -> dict[s
 
 @torch.no_grad()
 def _answer_token_logprobs(model, batch: dict, bf16: bool) -> torch.Tensor:
-    from alignkit.models.logprobs import token_logprobs
-
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     was_training = model.training
@@ -114,8 +113,6 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence, answers: Se
     `reference=None` uses the policy with its LoRA adapters off. Returns {"kl": mean,
     "per_answer": [...]} where per_answer[i] = log pi(y_i|x_i) - log pi_ref(y_i|x_i).
     """
-    from alignkit.losses.kl import kl_per_token
-
     per_answer = []
     for start in range(0, len(prompts), batch_size):
         batch = answer_batch(tokenizer, prompts[start:start + batch_size], answers[start:start + batch_size])

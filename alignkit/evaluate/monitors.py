@@ -64,7 +64,7 @@ from alignkit.evaluate.winrate import outcomes_from_judge
 from alignkit.feedback.judge import judge_pairs, make_judge, read_constitution
 from alignkit.io import append_jsonl, truncate_log, write_json
 from alignkit.models.generation import generate_answers
-from alignkit.models.load import load_causal_lm
+from alignkit.models.reference import load_reference_model
 from alignkit.models.wrapping import adapters_disabled, strip_wrappers
 from alignkit.rl.rewards import FunctionReward, build_rewards
 from alignkit.train.loop import save_model
@@ -77,11 +77,11 @@ class TrainingMonitor:
     """Held-out checks every `settings.every` steps and hacking alarms every `settings.hacking_every` steps."""
 
     def __init__(self, settings, output_dir: str, rows: list[dict], proxy: Score | None = None, gold: Score | None = None,
-                 judge=None, max_new_tokens: int = 48, bf16: bool = True, seed: int = 0, reference_model: str = "", dtype: str = "float32"):
+                 judge=None, max_new_tokens: int = 48, bf16: bool = True, seed: int = 0, run_config=None):
         self.config, self.output_dir, self.rows = settings, Path(output_dir), rows
         self.proxy, self.gold, self.judge = proxy, gold, judge
         self.max_new_tokens, self.bf16, self.seed = max_new_tokens, bf16, seed
-        self.reference_model, self.dtype = reference_model, dtype  # what a copy of the reference loads from, if one is needed
+        self.run_config = run_config  # the recipe's config: what a copy of the reference loads from, if one is needed
         self.accelerator = self.tokenizer = self.reference = None
         self.implicit_beta = 0.0
         self.detector = OverOptimizationDetector(settings.gold_drop, settings.proxy_rise, settings.kl_budget, settings.patience)
@@ -111,10 +111,9 @@ class TrainingMonitor:
 
     def _reference_for(self, model):
         """The reference model for KL: the recipe's, the LoRA policy with adapters off (None), or a copy loaded once."""
-        if self.reference is None and not hasattr(model, "disable_adapter") and self.reference_model:
-            log.info(f"monitor: loading a frozen copy of {self.reference_model} as the KL reference")
-            copy = load_causal_lm(self.reference_model, self.dtype).eval().requires_grad_(False)
-            self.reference = copy.to(self.accelerator.device) if self.accelerator is not None else copy
+        if self.reference is None and not hasattr(model, "disable_adapter") and self.run_config is not None:
+            log.info("monitor: loading a frozen copy of the starting model as the KL reference")
+            self.reference = load_reference_model(self.run_config, self.accelerator)
         return self.reference
 
     def _judge_win_rate(self, model, prompts: list, answers: list[str]) -> float:
@@ -271,7 +270,7 @@ def build_monitor(config, stage: str):
                               make_judge(settings.judge) if settings.judge else None,
                               max_new_tokens=settings.max_new_tokens or getattr(config, "max_new_tokens", 48),
                               bf16=getattr(config, "mixed_precision", "bf16") == "bf16", seed=config.seed,
-                              reference_model=getattr(config, "reference_model", "") or config.model, dtype=config.dtype)
+                              run_config=config)
     log.info(f"{stage} monitor: {len(rows)} held-out prompts every {settings.every} steps"
              f" (proxy: {settings.proxy or ('implicit DPO reward' if stage == 'dpo' else 'training reward')}, "
              f"gold: {'yes' if gold or getattr(config, 'eval_reward_function', '') else 'no'}, judge: {settings.judge or 'no'}, "

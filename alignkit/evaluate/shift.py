@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from alignkit.feedback.embed import embed_texts
+from alignkit.feedback.quality import as_text
 
 
 def nearest_distances(eval_vectors: np.ndarray, train_vectors: np.ndarray) -> np.ndarray:
@@ -24,9 +26,6 @@ def nearest_distances(eval_vectors: np.ndarray, train_vectors: np.ndarray) -> np
 
 def prompt_distances(eval_prompts: Sequence, train_prompts: Sequence) -> np.ndarray:
     """(N,) distance of each eval prompt to its nearest training prompt (strings or message lists)."""
-    from alignkit.feedback.embed import embed_texts
-    from alignkit.feedback.quality import as_text
-
     unique_train = sorted({as_text(p) for p in train_prompts})
     return nearest_distances(embed_texts([as_text(p) for p in eval_prompts]), embed_texts(unique_train))
 

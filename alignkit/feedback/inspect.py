@@ -14,9 +14,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from alignkit.data.formats import detect_kind
+from alignkit.data.formats import detect_kind, split_implicit_prompt
 from alignkit.data.load import load_rows
 from alignkit.feedback import quality
+from alignkit.errors import AlignkitError
+from alignkit.feedback.embed import embed_texts
 
 _PREVIEW = 90
 
@@ -37,8 +39,6 @@ def _prompt_of(row: dict) -> str:
     if "prompt" in row:
         return quality.as_text(row["prompt"])
     if "chosen" in row and "rejected" in row:
-        from alignkit.data.formats import split_implicit_prompt
-
         return quality.as_text(split_implicit_prompt(row["chosen"], row["rejected"])[0])
     if isinstance(row.get("messages"), list):
         return quality.as_text([m for m in row["messages"] if isinstance(m, dict) and m.get("role") != "assistant"][:2])
@@ -142,8 +142,6 @@ def inspect_data(source, test: str | None = None, embeddings: bool = True, clust
     prompts = list(dict.fromkeys(p for p in prompts_all if p.strip()))  # distinct, in first-seen order
     vectors = None
     if embeddings and len(prompts) >= 2:
-        from alignkit.feedback.embed import embed_texts
-
         vectors = embed_texts(prompts)
     report["diversity"] = _diversity(prompts, vectors, clusters, seed)
     return report
@@ -260,9 +258,7 @@ def write_html(report: dict, path) -> None:
 
 
 def run_inspect(args) -> None:
-    """`alignkit data inspect` (arguments from `alignkit.data.cli`)."""
-    from alignkit.errors import AlignkitError
-
+    """`alignkit data inspect` (arguments from `alignkit.data_cli`)."""
     if not 0 < args.near_threshold <= 1:
         raise AlignkitError(f"--near-threshold must be in (0, 1], got {args.near_threshold}")
     report = inspect_data(args.file, args.test, not args.no_embeddings, args.clusters, args.near_threshold)

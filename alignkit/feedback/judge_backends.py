@@ -18,6 +18,9 @@ import re
 
 from alignkit.errors import AlignkitError
 from alignkit.http import EndpointRefused, check_url, post_json
+from alignkit.data.collate import pad_sequences
+from alignkit.models.generation import generate_answers # heavy torch: see __init__
+from alignkit.models.load import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ class LocalJudge:
     def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 8, bf16: bool = True, dtype: str = "float32",
                  answer_prefix: str = ANSWER_PREFIX):
         # torch/transformers load only when a local judge is built: the HTTP judge and the workflows do without them
-        from alignkit.models.load import load_causal_lm, load_tokenizer
 
         self.name = model
         self.answer_prefix = answer_prefix
@@ -64,7 +66,6 @@ class LocalJudge:
         """P(A) per conversation (A vs B renormalised) and the mass the judge put on A or B at all."""
         import torch  # heavy: imported only once a local judge runs (see __init__)
 
-        from alignkit.data.collate import pad_sequences
 
         encoded = [self._render(m) for m in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -87,8 +88,6 @@ class LocalJudge:
         return probs, mass
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int = 128) -> list[str]:
-        from alignkit.models.generation import generate_answers  # heavy (torch): see __init__
-
         return generate_answers(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
                                 batch_size=self.batch_size, bf16=self.bf16)
 

@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.data.load import load_rows
+from alignkit.feedback import judge as J
+from alignkit.feedback.judge_backends import ANSWER_PREFIX, make_judge
+from alignkit.io import write_jsonl
 
 
 def add_arguments(parser) -> None:
@@ -34,8 +38,6 @@ def add_arguments(parser) -> None:
 
 
 def _judge(args):
-    from alignkit.feedback.judge_backends import ANSWER_PREFIX, make_judge
-
     if args.endpoint:
         return make_judge(endpoint=args.endpoint, endpoint_model=args.endpoint_model, api_key=os.environ.get(args.api_key_env),
                           timeout=args.timeout, retries=args.retries)
@@ -44,10 +46,6 @@ def _judge(args):
 
 
 def run(args) -> None:
-    from alignkit.data.load import load_rows
-    from alignkit.io import write_jsonl
-    from alignkit.feedback import judge as J
-
     if not 0 <= args.min_strength <= 1:
         raise AlignkitError(f"--min-strength must be between 0 and 1, got {args.min_strength}")
     constitution = J.read_constitution(args.constitution)

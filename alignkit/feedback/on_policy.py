@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, prompt_columns
+from alignkit.data.formats import ANSWER_COLUMNS, load_dataset, prompt_columns, PROMPT_KINDS
 from alignkit.errors import AlignkitError
+from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.rl.rewards import build_rewards
+from alignkit.rl.rollout import encode_prompts, generate
 
 log = logging.getLogger("alignkit")
 
@@ -83,7 +86,6 @@ def sample_pairs(model, tokenizer, rows: list[dict], rewards, samples: int = 4, 
     from tqdm.auto import tqdm
 
 
-    from alignkit.rl.rollout import encode_prompts, generate
 
     if samples < 2:
         raise AlignkitError(f"samples must be at least 2 to make a pair, got {samples}")
@@ -112,9 +114,6 @@ def run_sample_pairs(args) -> None:
     import json
     from pathlib import Path
 
-    from alignkit.data.formats import load_dataset
-    from alignkit.models.load import load_causal_lm, load_tokenizer
-    from alignkit.rl.rewards import build_rewards
 
     specs = []
     if args.reward_function:

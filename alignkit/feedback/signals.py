@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from alignkit.config import option
+from alignkit.config import choose, load_config, option
 from alignkit.errors import AlignkitError
 from alignkit.feedback.quality import as_text
+from alignkit.data.load import load_rows
+from alignkit.io import write_jsonl
 
 
 @dataclass
@@ -51,8 +53,6 @@ class SignalRules:
     rated_pair_strength: float = option(1.0, "Strength when a rating backs the pair (kept rated up or discarded rated down).")
 
     def validate(self) -> None:
-        from alignkit.config import choose
-
         choose(self, "rating_conflict", ("majority", "drop"))
         if set(map(str, self.up_values)) & set(map(str, self.down_values)):
             raise AlignkitError(f"up_values and down_values share {sorted(set(map(str, self.up_values)) & set(map(str, self.down_values)))}; a value must mean one thing")
@@ -227,13 +227,10 @@ def from_signals(rows: list[dict], rules: SignalRules | None = None) -> tuple[li
 
 
 def run_from_signals(args) -> None:
-    """`alignkit data from-signals` (arguments from `alignkit.data.cli`)."""
+    """`alignkit data from-signals` (arguments from `alignkit.data_cli`)."""
     import json
     from pathlib import Path
 
-    from alignkit.config import load_config
-    from alignkit.data.load import load_rows
-    from alignkit.io import write_jsonl
 
     rules = load_config(SignalRules, args.rules)
     kto, pairs, summary = from_signals(load_rows(args.logs), rules)

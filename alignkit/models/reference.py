@@ -24,6 +24,8 @@ from alignkit.errors import AlignkitError
 from alignkit.io import atomic_file
 from alignkit.models.wrapping import adapters_disabled
 from alignkit.models.sequences import collate_sequences, sequence_logps, to_device
+from alignkit.models.embedded import cache_dir
+from alignkit.models.load import load_causal_lm
 
 log = logging.getLogger("alignkit")
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how it is computed, changes
@@ -107,8 +109,6 @@ def cache_path(cache_dir: str | Path, weights: str, examples: list[dict], precis
 
 
 def default_cache_dir() -> Path:
-    from alignkit.models.embedded import cache_dir
-
     return cache_dir() / "reference_logps"
 
 
@@ -167,8 +167,6 @@ def resolve_strategy(config) -> str:
 
 def load_reference_model(config, accelerator):
     """The frozen reference model: `reference_model`, or a fresh load of the starting `model`."""
-    from alignkit.models.load import load_causal_lm
-
     model = load_causal_lm(config.reference_model or config.model, config.dtype, config.trust_remote_code)
     return model.to(accelerator.device).eval().requires_grad_(False)
 

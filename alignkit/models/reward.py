@@ -49,6 +49,8 @@ from alignkit.models.load import DTYPES, add_lora, is_adapter_dir, load_causal_l
 from alignkit.models.logprobs import final_hidden_states
 from alignkit.models.sequences import collate_sequences
 from alignkit.models.wrapping import disable_dropout, unwrap
+from alignkit.data.collate import pad_sequences
+from alignkit.data.tokenize import encode_completions, fit_prompt_completions
 
 CONFIG_KEY = "alignkit_reward"
 ENSEMBLE_FILE = "ensemble.json"
@@ -233,8 +235,6 @@ class RewardModel:
 
     def encode(self, prompts: list, responses: list) -> list[list[int]]:
         """Token ids of each prompt + response (+ EOS), as in training, truncated to the training max_length."""
-        from alignkit.data.tokenize import encode_completions, fit_prompt_completions
-
         if len(prompts) != len(responses):
             raise AlignkitError(f"got {len(prompts)} prompts but {len(responses)} responses; score takes one prompt per response")
         groups: dict[str, list[int]] = {}
@@ -277,8 +277,6 @@ class RewardModel:
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) input_ids right-padded with `pad_token_id`, and the (B, T) attention mask."""
-    from alignkit.data.collate import pad_sequences
-
     return pad_sequences(sequences, pad_token_id), pad_sequences([[1] * len(s) for s in sequences], 0)
 
 

@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.models.reward import RewardModel
 from alignkit.http import check_url, post_json
 
 FUNCTION_ALIASES = {"hhh-mini-gold": "alignkit.data.tasks.hhh_mini:gold_rewards"}
@@ -185,10 +186,6 @@ class ModelReward:
 
     def __init__(self, path: str, conservative_k: float = 0.0, batch_size: int = 16, standardize: bool = True,
                  bf16: bool = True, device: str = "cpu"):
-        try:
-            from alignkit.models.reward import RewardModel
-        except ImportError as exc:
-            raise AlignkitError(f"reward model {path}: alignkit.models.reward is not available ({exc})") from None
         self.model = RewardModel.load(path, device=device, bf16=bf16)
         self.name, self.k, self.batch_size, self.standardize = str(path), conservative_k, batch_size, standardize
 

@@ -26,6 +26,8 @@ from torch import nn
 
 from alignkit.errors import AlignkitError
 from alignkit.models.wrapping import unwrap
+from alignkit.models.load import add_lora, load_causal_lm, resolve_model_path
+from alignkit.models.reward import ensemble_layout, read_reward_stats
 
 
 class ValueHead(nn.Module):
@@ -91,9 +93,6 @@ def _critic_source(path: str) -> tuple[str, dict]:
     """The model directory a critic starts from (a model, or an ensemble's first member) and the
     (mean, std) that map its raw score to the standardised score `ModelReward` hands the policy
     (for an ensemble, member 0's offset folded into the shared mean)."""
-    from alignkit.models.load import resolve_model_path
-    from alignkit.models.reward import ensemble_layout, read_reward_stats
-
     layout = ensemble_layout(path)
     if layout is not None:
         dirs, offsets, _, normalization = layout
@@ -110,7 +109,6 @@ def load_critic(path: str, args, zero_head: bool, standardize: bool = False) -> 
     """
     from transformers import AutoModelForSequenceClassification
 
-    from alignkit.models.load import add_lora, load_causal_lm
 
     directory, stats = _critic_source(path)
     model = load_causal_lm(directory, args.dtype, args.trust_remote_code,

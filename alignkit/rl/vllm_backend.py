@@ -18,6 +18,7 @@ import time
 
 from alignkit.errors import AlignkitError
 from alignkit.rl.rollout import cut_at_eos, eos_token_ids, pack_rollout
+from alignkit.models.wrapping import strip_wrappers, unwrap
 
 
 def _import_vllm():
@@ -54,8 +55,6 @@ class VLLMGenerator:
 
     def sync_weights(self, policy) -> None:
         """Loads the policy's current weights (LoRA merged) into vLLM."""
-        from alignkit.models.wrapping import strip_wrappers, unwrap
-
         model = strip_wrappers(policy)
         merged = hasattr(model, "merge_adapter")
         if merged:

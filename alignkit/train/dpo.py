@@ -17,7 +17,7 @@ import torch
 from alignkit.config import DPOConfig, config_with_overrides
 from alignkit.data.formats import load_dataset
 from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop
 from alignkit.errors import AlignkitError
 from alignkit.losses.preference import PREFERENCE_LOSSES, PairLogps, preference_loss
 from alignkit.models.load import count_parameters, load_policy
@@ -42,14 +42,10 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, truncation_side
             report.dropped += 1
             report.note("empty chosen or rejected completion", number)
             continue
-        prompt_ids, completions, truncated = fit_prompt_completions(prompt_ids, completions, max_length, truncation_side)
-        if truncated and truncation_mode == "drop":
-            report.dropped += 1
-            report.note(f"longer than max_length={max_length}", number)
+        fitted = fit_or_drop(prompt_ids, completions, max_length, truncation_side, truncation_mode, report, number)
+        if fitted is None:
             continue
-        if truncated:
-            report.truncated += 1
-            report.note(f"truncated to max_length={max_length}", number)
+        prompt_ids, completions = fitted
         examples.append({"index": len(examples), "row": number, "sequences": [(prompt_ids, c) for c in completions]})
     report.kept = len(examples)
     return examples, report

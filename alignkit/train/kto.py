@@ -20,7 +20,7 @@ import torch
 from alignkit.config import KTOConfig, config_with_overrides
 from alignkit.data.formats import load_dataset, preference_to_unpaired
 from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop
 from alignkit.errors import AlignkitError
 from alignkit.losses.kto import kto_kl_estimate, kto_loss
 from alignkit.models.load import count_parameters, load_policy
@@ -58,14 +58,10 @@ def tokenize_unpaired(rows: list[dict], tokenizer, max_length: int, truncation_s
             report.dropped += 1
             report.note("empty completion", number)
             continue
-        prompt_ids, (completion_ids,), truncated = fit_prompt_completions(prompt_ids, [completion_ids], max_length, truncation_side)
-        if truncated and truncation_mode == "drop":
-            report.dropped += 1
-            report.note(f"longer than max_length={max_length}", number)
+        fitted = fit_or_drop(prompt_ids, [completion_ids], max_length, truncation_side, truncation_mode, report, number)
+        if fitted is None:
             continue
-        if truncated:
-            report.truncated += 1
-            report.note(f"truncated to max_length={max_length}", number)
+        prompt_ids, (completion_ids,) = fitted
         encoded.append((number, row["label"], prompt_ids, completion_ids))
     partners = mismatched_partners([tuple(p) for _, _, p, _ in encoded], seed)
     examples = []

@@ -15,6 +15,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.io import append_jsonl, atomic_directory, truncate_log
+from alignkit.data.collate import length_grouped_order
 
 log = logging.getLogger("alignkit")
 
@@ -93,8 +94,6 @@ class BatchStream:
         self._order = self._shuffle()
 
     def _shuffle(self) -> list[int]:
-        from alignkit.data.collate import length_grouped_order
-
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.lengths is not None:
             return length_grouped_order(self.lengths, self.batch_size, generator)

@@ -45,6 +45,7 @@ from alignkit.train.monitor import monitor_or_null
 from alignkit.train.online_eval import answers_file, evaluate_policy
 from alignkit.train.ppo_update import policy_update
 from alignkit.train.run import Run, due, finish_run, log_step, record_config, resume, start_run, steps_left
+from alignkit.rl.vllm_backend import VLLMGenerator  # optional and heavy: vLLM is imported only when asked for
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -82,7 +83,6 @@ def make_generator(config, tokenizer):
     """None (the built-in sampler on the policy, `rl.rollout.generate`) or a vLLM generator."""
     if config.generation_backend != "vllm":
         return None
-    from alignkit.rl.vllm_backend import VLLMGenerator  # optional and heavy: vLLM is imported only when asked for
 
     return VLLMGenerator(resolve_model_path(config.model), tokenizer, config.max_prompt_length + config.max_new_tokens,
                          config.vllm_gpu_memory_utilization, seed=config.seed)
@@ -118,8 +118,9 @@ def online_state(run: Run, kl_controller, rewards, monitor, first_eval: dict) ->
             "history": [{k: m[k] for k in SUMMARY_KEYS if k in m} for m in run.history]}
 
 
-def restore_online_state(run: Run, kl_controller, rewards, monitor) -> dict | None:
-    """Puts `online_state` back after a resume; returns the step-0 evaluation (None when the run starts fresh)."""
+def restore_online_state(run: Run, kl_controller, rewards, monitor, generator, policy) -> dict | None:
+    """Puts `online_state` back after a resume (and the resumed weights into a vLLM generator); returns the step-0
+    evaluation (None when the run starts fresh)."""
     state = run.extra
     if not run.start_step:
         return None
@@ -130,6 +131,8 @@ def restore_online_state(run: Run, kl_controller, rewards, monitor) -> dict | No
     monitor.load_state_dict(state["monitor"])
     run.nan_guard.load_state_dict(state["nan_guard"])
     run.history = state["history"]
+    if generator is not None:
+        generator.sync_weights(policy)
     return state["first_eval"]
 
 
@@ -161,9 +164,7 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
     checkpointed = dict(modules={"value_model": value_model} if value_model is not None else {}, generators={"shuffle": shuffle})
     resume(run, policy, optimizer, scheduler, stream, **checkpointed)
     evaluate = lambda step: evaluate_policy(policy, tokenizer, eval_rows, rewards, gold, config, answers_file(config, run.accelerator, step)) if eval_rows else {}  # noqa: E731
-    first_eval = restore_online_state(run, kl_controller, rewards, monitor)
-    if first_eval is not None and generator is not None:
-        generator.sync_weights(policy)
+    first_eval = restore_online_state(run, kl_controller, rewards, monitor, generator, policy)
     first_eval = first_eval if first_eval is not None else start_evaluation(run, evaluate)
 
     kl_coef = kl_controller.value

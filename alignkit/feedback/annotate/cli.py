@@ -6,6 +6,11 @@ import os
 import secrets
 
 from alignkit.errors import AlignkitError
+from alignkit.data.load import load_rows
+from alignkit.feedback.annotate.app import create_app
+from alignkit.feedback.annotate.store import export_rows, Store
+from alignkit.feedback.judge import read_constitution
+from alignkit.io import write_jsonl
 
 ADMIN_TOKEN_ENV = "ALIGNKIT_ADMIN_TOKEN"
 
@@ -46,10 +51,6 @@ def _admin_token(flag: str | None) -> tuple[str, bool]:
 def _serve(args) -> None:
     import uvicorn
 
-    from alignkit.data.load import load_rows
-    from alignkit.feedback.annotate.app import create_app
-    from alignkit.feedback.annotate.store import Store
-    from alignkit.feedback.judge import read_constitution
 
     store = Store(args.db)
     if args.data:
@@ -71,15 +72,11 @@ def _serve(args) -> None:
 
 
 def run(args) -> None:
-    from alignkit.feedback.annotate.store import Store, export_rows
-
     if args.annotate_command == "serve":
         _serve(args)
     elif args.annotate_command == "add-annotator":
         created = Store(args.db).add_annotator(args.name)
         print(f"annotator {created['name']} (id {created['id']}); token, shown once: {created['token']}")
     elif args.annotate_command == "export":
-        from alignkit.io import write_jsonl
-
         count = write_jsonl(export_rows(Store(args.db).votes(), args.aggregate, args.ties), args.out)
         print(f"wrote {count} preference rows to {args.out}")

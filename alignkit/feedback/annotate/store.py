@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.feedback.quality import annotator_agreement
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
@@ -268,8 +269,6 @@ class Store:
 
     def stats(self) -> dict:
         """Progress and live agreement, for the admin page."""
-        from alignkit.feedback.quality import annotator_agreement
-
         votes = self.votes()
         with self.connect() as conn:
             pairs, target = conn.execute("SELECT COUNT(*), COALESCE(SUM(replicas), 0) FROM pairs").fetchone()

@@ -2,6 +2,10 @@
 sample on-policy preference pairs."""
 
 from __future__ import annotations
+from alignkit.data.tasks import get_task
+from alignkit.feedback.inspect import run_inspect
+from alignkit.feedback.on_policy import run_sample_pairs
+from alignkit.feedback.signals import run_from_signals
 
 
 def add_arguments(parser) -> None:
@@ -47,21 +51,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     if args.data_command == "make":
-        from alignkit.data.tasks import get_task
-
         task = get_task(args.task)
         counts = task.write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
         for name, count in counts.items():
             print(f"{args.out}/{name}: {count} rows")
     elif args.data_command == "inspect":
-        from alignkit.feedback.inspect import run_inspect
-
         run_inspect(args)
     elif args.data_command == "from-signals":
-        from alignkit.feedback.signals import run_from_signals
-
         run_from_signals(args)
     elif args.data_command == "sample-pairs":
-        from alignkit.feedback.on_policy import run_sample_pairs
-
         run_sample_pairs(args)
