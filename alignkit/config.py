@@ -64,6 +64,8 @@ class TrainArgs(ModelArgs):
     logging_every: int = option(1, "Log metrics every N optimizer steps.")
     report_to: list = option(["jsonl", "tensorboard"], "Metric sinks: jsonl, tensorboard.")
     resume: str = option("", "Continue a run: `auto` (the newest checkpoint in output_dir, if any) or a checkpoint-N folder.")
+    resume_override: list = option([], "Keys a resumed run may change from its checkpoint's config (e.g. [learning_rate]); "
+                                       "any other change that breaks exactness is refused.")
     save_total_limit: int = option(0, "Keep only the newest N checkpoints (0 keeps all).")
     max_nan_steps: int = option(5, "Stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped).")
 

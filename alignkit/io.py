@@ -25,6 +25,18 @@ def _umask() -> int:
     return mask
 
 
+def _follow_umask(folder: Path) -> None:
+    """Gives `folder` and everything in it the modes a plain mkdir/open would under the umask (libraries that
+    write through private temporary files, as safetensors does, leave 0600 behind)."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it to `path` only if the block succeeds."""
@@ -54,7 +66,7 @@ def atomic_directory(target: str | os.PathLike, keep_existing: bool = False) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        _follow_umask(tmp)
         if target.exists() and keep_existing:
             return
         if target.exists():
@@ -111,3 +123,18 @@ def truncate_log(path: str | os.PathLike, step: int) -> None:
     path = Path(path)
     kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step] if path.is_file() else []
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> None:
+    """Refuses an output folder that cannot be one: an existing file, or a path through a file. Called when a
+    config is validated, so the mistake shows before any model loads."""
+    from alignkit.errors import AlignkitError  # the one module of ours the ground floor may use
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise AlignkitError(f"{key} {path} is an existing file, not a folder; choose a folder (it is created if missing)")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AlignkitError(f"{key} {path} cannot be created: {parent} is a file; choose a folder")
+            break

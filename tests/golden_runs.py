@@ -110,7 +110,8 @@ def record(name: str, recipe: str, config: dict, root: Path) -> dict:
 
     output_dir = root / name
     getattr(alignkit.api, recipe)({**config, "output_dir": str(output_dir)})
-    logs = {str(p.relative_to(output_dir)): _log(p) for p in sorted(output_dir.rglob("*.jsonl")) if "eval_answers" not in str(p)}
+    logs = {str(p.relative_to(output_dir)): _log(p) for p in sorted(output_dir.rglob("*.jsonl"))
+            if "eval_answers" not in str(p) and p.name != "config_history.jsonl"}  # the configs used, not what the run computed
     return {"logs": logs, "weights": tensor_digests(output_dir)}
 
 

@@ -79,12 +79,13 @@ def _trainable_state(module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(output_dir: str | Path, step: int, accelerator, model, optimizer, scheduler, stream,
                     extra: dict | None = None, save_total_limit: int = 0, modules: dict | None = None,
-                    generators: dict[str, torch.Generator] | None = None) -> Path:
+                    generators: dict[str, torch.Generator] | None = None, record: dict | None = None) -> Path:
     """Writes `checkpoint-<step>` atomically and prunes the oldest beyond `save_total_limit` (0 keeps all).
 
     `modules` ({name: module}) are trained alongside `model` (a value model): their trainable
     parameters go to `<name>.safetensors`. `generators` ({name: torch.Generator}) are the
-    recipe's own random streams (e.g. minibatch shuffling); `extra` is JSON recipe state.
+    recipe's own random streams (e.g. minibatch shuffling); `extra` is JSON recipe state; `record`
+    (JSON) is what the run skeleton keeps about the run itself: its stage and full config, checked on resume.
     """
     from safetensors.torch import save_file
 
@@ -99,7 +100,7 @@ def save_checkpoint(output_dir: str | Path, step: int, accelerator, model, optim
             tensors, plain = _rng_state(generators or {})
             torch.save(tensors, tmp / "rng.pt")
             state = {"step": step, "scheduler": scheduler.state_dict(), "stream": stream.state_dict(),
-                     "rng": plain, "extra": extra or {}}
+                     "rng": plain, "extra": extra or {}, **(record or {})}
             (tmp / "trainer_state.json").write_text(json.dumps(state, default=float))
         if save_total_limit > 0:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
@@ -150,3 +151,22 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     stream.load_state_dict(state["stream"])
     _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state["rng"], generators or {})
     return state
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    """A checkpoint's trainer_state.json (step, stage, config, ...), or a sentence saying why it cannot be read."""
+    file = Path(path) / "trainer_state.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AlignkitError(f"{file}: not a readable checkpoint ({exc}); resume from another checkpoint-N folder") from None
+
+
+def remove_partial_saves(output_dir: str | Path) -> list[Path]:
+    """Removes the temporary folders (`.name.tmp-*`, `.name.old-*`) a save killed halfway left in `output_dir`."""
+    output_dir = Path(output_dir)
+    stale = [p for p in output_dir.glob(".*.tmp-*") if p.is_dir()] + [p for p in output_dir.glob(".*.old-*") if p.is_dir()] \
+        if output_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale

@@ -12,7 +12,7 @@ import time
 import torch
 
 from alignkit.train.loop import global_sum
-from alignkit.train.run import Run, optimizer_step
+from alignkit.train.run import Run, first_and_last_loss, optimizer_step
 
 BOTH = (0, 1)  # sequence columns of a pair: chosen, rejected
 
@@ -54,7 +54,7 @@ def direct_summary(run: Run, steps: int, saved, loss_type: str, beta: float, ref
         "stage": run.stage, "loss_type": loss_type, "beta": beta, "reference": reference,
         "model": str(saved), "steps": steps, "train_rows": len(train), "eval_rows": len(held_out),
         "data": report.as_dict(), "eval_data": eval_report.as_dict() if eval_report else None,
-        "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+        **first_and_last_loss(run),
         "final_train_metrics": history[-1] if history else {}, "nan_skipped": run.nan_guard.skipped, **final_eval,
         "tokens_per_s": run.throughput.mean, "setup_seconds": run.setup_seconds, "seconds": time.time() - run.started,
     }

@@ -17,17 +17,18 @@ import torch
 from alignkit.config import DPOConfig, config_with_overrides
 from alignkit.data.formats import load_dataset
 from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop, pair_problem, row_number
 from alignkit.errors import AlignkitError
 from alignkit.losses.preference import PREFERENCE_LOSSES, PairLogps, preference_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.reference import build_reference
 from alignkit.models.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
-from alignkit.train.checkpoint import save_checkpoint
 from alignkit.train.direct import BOTH, direct_step, direct_summary, format_summary, sequence_lengths, sequence_tokens
 from alignkit.train.loop import BatchStream, log, save_model
 from alignkit.train.monitor import monitor_or_null
-from alignkit.train.run import build_training, due, finish_run, log_step, record_config, resume, start_run, step_timing, steps_left
+from alignkit.train.run import (
+    build_training, checkpoint, due, finish_run, log_step, record_config, resume, start_run, step_timing, steps_left,
+)
 
 PAIR_KINDS = ("preference",)
 
@@ -36,18 +37,18 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, truncation_side
                    truncation_mode: str = "truncate") -> tuple[list[dict], TokenizeReport]:
     """Examples {"index", "sequences": [(prompt, chosen), (prompt, rejected)]} of token ids, and the report."""
     report, examples = TokenizeReport(rows=len(rows)), []
-    for number, row in enumerate(rows, 1):
-        prompt_ids, completions = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
-        if not all(completions):
-            report.dropped += 1
-            report.note("empty chosen or rejected completion", number)
+    for position, row in enumerate(rows, 1):
+        number, problem = row_number(row, position), pair_problem(row["chosen"], row["rejected"])
+        if problem:  # no preference signal: counted, never trained on
+            report.drop(problem, number)
             continue
+        prompt_ids, completions = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
         fitted = fit_or_drop(prompt_ids, completions, max_length, truncation_side, truncation_mode, report, number)
         if fitted is None:
             continue
         prompt_ids, completions = fitted
         examples.append({"index": len(examples), "row": number, "sequences": [(prompt_ids, c) for c in completions]})
-    report.kept = len(examples)
+    report.finish(rows, len(examples))
     return examples, report
 
 
@@ -154,8 +155,7 @@ def train_dpo(config: DPOConfig, monitor=None) -> dict:
         log_step(run, step, steps, metrics, force=monitor.stop)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margin']:.3f}", tok_s=f"{timing['throughput/tokens_per_s']:.0f}")
         if due(config.save_every, step, steps):
-            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream,
-                            extra={"monitor": monitor.state_dict()}, save_total_limit=config.save_total_limit)
+            checkpoint(run, step, model, optimizer, scheduler, stream, extra={"monitor": monitor.state_dict()})
         if monitor.stop:
             break
 

@@ -20,16 +20,17 @@ import torch
 from alignkit.config import KTOConfig, config_with_overrides
 from alignkit.data.formats import load_dataset, preference_to_unpaired
 from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop, row_number, unpaired_problems
 from alignkit.errors import AlignkitError
 from alignkit.losses.kto import kto_kl_estimate, kto_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.reference import build_reference
 from alignkit.models.sequences import collate_sequences, sequence_logps, supports_shared_prompt, to_device
-from alignkit.train.checkpoint import save_checkpoint
 from alignkit.train.direct import direct_step, direct_summary, format_summary, sequence_lengths, sequence_tokens
 from alignkit.train.loop import BatchStream, global_sum, log, save_model
-from alignkit.train.run import build_training, due, finish_run, log_step, record_config, resume, start_run, step_timing, steps_left
+from alignkit.train.run import (
+    build_training, checkpoint, due, finish_run, log_step, record_config, resume, start_run, step_timing, steps_left,
+)
 
 UNPAIRED_KINDS = ("unpaired_preference",)
 DEFAULT_BETA = 0.1
@@ -52,12 +53,13 @@ def tokenize_unpaired(rows: list[dict], tokenizer, max_length: int, truncation_s
                       truncation_mode: str = "truncate", seed: int = 0) -> tuple[list[dict], TokenizeReport]:
     """Examples {"index", "row", "label", "sequences": [(prompt, completion), (prompt, partner completion)]}, and the report."""
     report, encoded = TokenizeReport(rows=len(rows)), []
-    for number, row in enumerate(rows, 1):
-        prompt_ids, (completion_ids,) = encode_completions(tokenizer, row["prompt"], [row["completion"]])
-        if not completion_ids:
-            report.dropped += 1
-            report.note("empty completion", number)
+    problems = unpaired_problems(rows)
+    for position, row in enumerate(rows, 1):
+        number = row_number(row, position)
+        if position in problems:  # no signal: counted, never trained on
+            report.drop(problems[position], number)
             continue
+        prompt_ids, (completion_ids,) = encode_completions(tokenizer, row["prompt"], [row["completion"]])
         fitted = fit_or_drop(prompt_ids, [completion_ids], max_length, truncation_side, truncation_mode, report, number)
         if fitted is None:
             continue
@@ -69,7 +71,7 @@ def tokenize_unpaired(rows: list[dict], tokenizer, max_length: int, truncation_s
         other = encoded[partner][3][: max(1, max_length - len(prompt_ids))]
         examples.append({"index": index, "row": number, "label": bool(label),
                          "sequences": [(prompt_ids, completion_ids), (prompt_ids, other)]})
-    report.kept = len(examples)
+    report.finish(rows, len(examples))
     return examples, report
 
 
@@ -188,7 +190,7 @@ def train_kto(config: KTOConfig) -> dict:
         log_step(run, step, steps, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl/batch']:.3f}", tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
         if due(config.save_every, step, steps):
-            save_checkpoint(config.output_dir, step, accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+            checkpoint(run, step, model, optimizer, scheduler, stream)
 
     final_eval = evaluate()
     saved = save_model(accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)

@@ -150,7 +150,8 @@ class MetricsLogger:
             if "tensorboard" in report_to:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+                # purge_step: TensorBoard drops what a killed run logged after the checkpoint, so replayed steps appear once
+                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         self.report_to = report_to
 
     def log(self, step: int, metrics: dict) -> None:

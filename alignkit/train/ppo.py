@@ -39,13 +39,12 @@ from alignkit.rl.kl_control import KL_CONTROLLERS
 from alignkit.rl.rewards import FunctionReward, build_rewards
 from alignkit.rl.rollout import encode_prompts
 from alignkit.rl.value_model import build_value_model
-from alignkit.train.checkpoint import save_checkpoint
+from alignkit.rl.vllm_backend import VLLMGenerator  # vllm itself is imported only when this generator is built
 from alignkit.train.loop import BatchStream, build_optimizer, build_scheduler, log, save_model
 from alignkit.train.monitor import monitor_or_null
 from alignkit.train.online_eval import answers_file, evaluate_policy
 from alignkit.train.ppo_update import policy_update
-from alignkit.train.run import Run, due, finish_run, log_step, record_config, resume, start_run, steps_left
-from alignkit.rl.vllm_backend import VLLMGenerator  # optional and heavy: vLLM is imported only when asked for
+from alignkit.train.run import checkpoint, due, finish_run, log_step, record_config, resume, Run, start_run, steps_left
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -186,8 +185,8 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
         log_step(run, step, steps, metrics, force=monitor.stop)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl/ref', 0.0):.3f}")
         if due(config.save_every, step, steps) and not monitor.stop:
-            save_checkpoint(config.output_dir, step, run.accelerator, policy, optimizer, scheduler, stream,
-                            online_state(run, kl_controller, rewards, monitor, first_eval), config.save_total_limit, **checkpointed)
+            checkpoint(run, step, policy, optimizer, scheduler, stream, online_state(run, kl_controller, rewards, monitor, first_eval),
+                       **checkpointed)
         if monitor.stop:
             break
 

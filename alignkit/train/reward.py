@@ -30,10 +30,10 @@ from alignkit.models.load import count_parameters, load_tokenizer
 from alignkit.models.reward import CONFIG_KEY, ENSEMBLE_FILE, collate_pairs, load_reward_backbone, pair_rewards
 from alignkit.models.sequences import supports_shared_prompt
 from alignkit.models.wrapping import strip_wrappers
-from alignkit.train.checkpoint import save_checkpoint
 from alignkit.train.loop import BatchStream, global_sum, log
 from alignkit.train.run import (
-    Run, build_training, due, first_and_last_loss, log_step, optimizer_step, resume, start_run, step_timing, steps_left,
+    build_training, checkpoint, due, first_and_last_loss, log_step, optimizer_step, resume, Run, start_run, step_timing,
+    steps_left,
 )
 
 
@@ -109,7 +109,7 @@ def reward_stats(chosen: torch.Tensor, rejected: torch.Tensor, config: RewardCon
 def train_one(config: RewardConfig, train: list[dict], held_out: list[dict], stats_examples: list[dict],
               model_dir: Path, log_dir: Path, desc: str = "reward") -> dict:
     """Trains one reward model on `train`, saves it to `model_dir`; returns its summary and reward vectors."""
-    run = start_run(config, desc, output_dir=log_dir)  # seeds, so the head initialisation follows config.seed
+    run = start_run(config, "reward", output_dir=log_dir)  # seeds, so the head initialisation follows config.seed
     model, tokenizer = load_reward_backbone(config)
     share_prompt, pad_id = config.share_prompt and supports_shared_prompt(model), tokenizer.pad_token_id
     steps, model, optimizer, scheduler = build_training(run, model, len(train))
@@ -122,7 +122,7 @@ def train_one(config: RewardConfig, train: list[dict], held_out: list[dict], sta
 
     model.train()
     pairs_seen = 0
-    for step in (progress := steps_left(run, steps, mininterval=5)):
+    for step in (progress := steps_left(run, steps, desc, mininterval=5)):
         run.throughput.start()
         micro_batches = [collate_pairs([train[i] for i in rows], pad_id, share_prompt) for rows in stream.next_step(config.grad_accum_steps)]
         metrics = reward_step(run, model, optimizer, scheduler, micro_batches, step)
@@ -135,7 +135,7 @@ def train_one(config: RewardConfig, train: list[dict], held_out: list[dict], sta
         log_step(run, step, steps, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}", tok_s=f"{timing['throughput/tokens_per_s']:.0f}")
         if due(config.save_every, step, steps):
-            save_checkpoint(log_dir, step, run.accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+            checkpoint(run, step, model, optimizer, scheduler, stream)
 
     result = evaluate_and_save(model, tokenizer, run.accelerator, config, held_out, stats_examples, model_dir, share_prompt, run.logger, steps)
     run.logger.close()

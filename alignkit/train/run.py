@@ -19,6 +19,7 @@ logging cadence, resume) lives here once.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.config import save_config
-from alignkit.io import write_json
-from alignkit.train.checkpoint import load_checkpoint, resolve_resume
+from alignkit.config import save_config, to_dict
+from alignkit.errors import AlignkitError
+from alignkit.io import append_jsonl, write_json
+from alignkit.train.checkpoint import load_checkpoint, read_trainer_state, remove_partial_saves, resolve_resume, save_checkpoint
 from alignkit.train.loop import (
     MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, log, make_accelerator, total_optimizer_steps,
 )
@@ -51,21 +53,74 @@ class Run:
     extra: dict = field(default_factory=dict)  # the recipe state a resumed checkpoint carried
     history: list = field(default_factory=list)  # every step's metrics (the summary reads first and last)
     setup_seconds: float = 0.0
+    checkpoint: Path | None = None  # the checkpoint this run resumes from
+    changed: dict = field(default_factory=dict)  # key -> (checkpoint's value, this run's): what --resume_override let through
+    first_loss: float | None = None  # the first step's loss of the whole run, kept across resumes
+
+
+# keys a resumed run may change without breaking exactness: where and how often things are written or checked
+FREE_ON_RESUME = ("resume", "resume_override", "output_dir", "save_every", "save_total_limit", "logging_every", "report_to",
+                  "max_nan_steps", "eval_every")
 
 
 def start_run(config, stage: str, output_dir: str | Path | None = None) -> Run:
-    """The accelerator (devices, mixed precision, process group) and the seed, from the validated config."""
+    """The accelerator (devices, mixed precision, process group) and the seed, from the validated config.
+
+    A resume is checked here, before any model loads: the checkpoint must come from the same stage, and a
+    key that would change the resumed steps (data, batch, seed, schedule, model, LoRA shape, loss, ...) must
+    equal the checkpoint's unless `resume_override` names it.
+    """
     started = time.time()
+    output_dir = Path(output_dir or config.output_dir)
+    checkpoint = resolve_resume(config.resume, output_dir)
+    changed = check_resume(checkpoint, config, stage) if checkpoint else {}
     accelerator = make_accelerator(config)
-    return Run(config, stage, accelerator, started, Path(output_dir or config.output_dir), NanGuard(config.max_nan_steps))
+    return Run(config, stage, accelerator, started, output_dir, NanGuard(config.max_nan_steps), checkpoint=checkpoint, changed=changed)
+
+
+def _plain(config) -> dict:
+    return json.loads(json.dumps(to_dict(config), default=str))
+
+
+def check_resume(checkpoint: Path, config, stage: str) -> dict:
+    """{key: (checkpoint's value, this run's)} of the overridden changes; any other change or another stage is refused."""
+    state = read_trainer_state(checkpoint)
+    if state.get("stage", stage) != stage:
+        raise AlignkitError(f"--resume {checkpoint}: that checkpoint was written by `alignkit {state['stage']}`, not `alignkit {stage}`; "
+                            f"resume it with `alignkit {state['stage']}`, or start this run without --resume")
+    before, now = state.get("config"), _plain(config)
+    if before is None:  # a checkpoint from before configs were recorded: nothing to compare
+        return {}
+    changed = {k: (before.get(k), v) for k, v in now.items() if k not in FREE_ON_RESUME and k in before and before[k] != v}
+    refused = [k for k in changed if k not in config.resume_override]
+    if refused:
+        shown = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused[:4])
+        raise AlignkitError(f"--resume {checkpoint}: this run changes what the checkpoint ran with ({shown}), which would make the "
+                            f"resumed steps differ from an uninterrupted run; resume with the checkpoint's values, or pass "
+                            f"--resume_override {','.join(refused)} to accept the change")
+    unused = sorted(set(config.resume_override) - set(changed))
+    if unused:
+        log.warning(f"resume_override names {', '.join(unused)}, which the resumed run does not change")
+    return changed
 
 
 def record_config(run: Run, output_dir: str | Path | None = None) -> None:
-    """Writes the config the run uses to `<output_dir>/config.yaml` (main process)."""
-    if run.accelerator.is_main_process:
-        folder = Path(output_dir or run.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+    """Writes the config to `<output_dir>/config.yaml` and a line to `config_history.jsonl` (main process).
+
+    A fresh run writes both anew. A resumed run keeps `config.yaml` (what the first steps ran with) and
+    appends its own config, the checkpoint and any overridden changes to the history.
+    """
+    if not run.accelerator.is_main_process:
+        return
+    folder = Path(output_dir or run.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    history = folder / "config_history.jsonl"
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stage": run.stage, "resumed_from": str(run.checkpoint) if run.checkpoint else None,
+             "changed": {k: list(v) for k, v in run.changed.items()}, "config": _plain(run.config)}
+    if run.checkpoint is None or not (folder / "config.yaml").is_file():
         save_config(run.config, folder / "config.yaml")
+        history.unlink(missing_ok=True)
+    append_jsonl(history, entry)
 
 
 def build_training(run: Run, model, num_rows: int):
@@ -84,12 +139,23 @@ def resume(run: Run, model, optimizer, scheduler, stream, **checkpointed) -> int
     `checkpointed`: the `modules` and `generators` a recipe checkpoints besides the model (see train/checkpoint.py).
     """
     config, accelerator = run.config, run.accelerator
-    if checkpoint := resolve_resume(config.resume, run.output_dir):
-        state = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, stream, **checkpointed)
+    if run.checkpoint is not None:
+        state = load_checkpoint(run.checkpoint, accelerator, model, optimizer, scheduler, stream, **checkpointed)
         run.start_step, run.extra = state["step"], state["extra"]
-        log.info(f"{run.stage}: resumed from {checkpoint} at step {run.start_step}")
+        run.first_loss = state.get("run", {}).get("first_loss")
+        if accelerator.is_main_process and (stale := remove_partial_saves(run.output_dir)):
+            log.info(f"removed {len(stale)} half-written folder(s) a killed save left: {', '.join(p.name for p in stale)}")
+        log.info(f"{run.stage}: resumed from {run.checkpoint} at step {run.start_step}")
     run.logger = MetricsLogger(run.output_dir, config.report_to, accelerator.is_main_process, resume_step=run.start_step)
     return run.start_step
+
+
+def checkpoint(run: Run, step: int, model, optimizer, scheduler, stream, extra: dict | None = None, **checkpointed) -> Path:
+    """`checkpoint-<step>` with the recipe's state (`extra`), and the run's own record: stage, full config, first loss."""
+    first_loss = run.history[0]["loss"] if run.history and "loss" in run.history[0] and run.first_loss is None else run.first_loss
+    record = {"stage": run.stage, "config": _plain(run.config), "run": {"first_loss": first_loss}}
+    return save_checkpoint(run.output_dir, step, run.accelerator, model, optimizer, scheduler, stream, extra,
+                           run.config.save_total_limit, record=record, **checkpointed)
 
 
 def steps_left(run: Run, steps: int, desc: str | None = None, **tqdm_options):
@@ -163,8 +229,9 @@ def log_step(run: Run, step: int, steps: int, metrics: dict, force: bool = False
 
 
 def first_and_last_loss(run: Run) -> dict:
-    return {"first_loss": run.history[0]["loss"] if run.history else None,
-            "final_loss": run.history[-1]["loss"] if run.history else None}
+    """The run's first and last step losses; after a resume the first is the original run's, from the checkpoint."""
+    first = run.first_loss if run.first_loss is not None else (run.history[0]["loss"] if run.history else None)
+    return {"first_loss": first, "final_loss": run.history[-1]["loss"] if run.history else None}
 
 
 def finish_run(run: Run, steps: int, final_eval: dict, summarize: Callable[[], dict], format_summary: Callable[[dict], str],

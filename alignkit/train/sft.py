@@ -22,11 +22,10 @@ from alignkit.errors import AlignkitError
 from alignkit.losses.sft import sft_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.logprobs import token_logprobs
-from alignkit.train.checkpoint import save_checkpoint
 from alignkit.train.loop import BatchStream, global_sum, log, save_model
 from alignkit.train.run import (
-    Run, build_training, due, finish_run, first_and_last_loss, log_step, optimizer_step, record_config, resume, start_run,
-    step_timing, steps_left,
+    build_training, checkpoint, due, finish_run, first_and_last_loss, log_step, optimizer_step, record_config, resume, Run,
+    start_run, step_timing, steps_left,
 )
 
 SFT_KINDS = ("language_modeling", "prompt_completion")
@@ -121,7 +120,7 @@ def train_sft(config: SFTConfig) -> dict:
         log_step(run, step, steps, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
         if due(config.save_every, step, steps):
-            save_checkpoint(config.output_dir, step, run.accelerator, model, optimizer, scheduler, stream, save_total_limit=config.save_total_limit)
+            checkpoint(run, step, model, optimizer, scheduler, stream)
 
     final_eval = evaluate() if held_out else {}
     saved = save_model(run.accelerator, model, tokenizer, config.output_dir, merge_lora=config.merge_lora)
