@@ -15,6 +15,10 @@ static files whose script renders all data with `textContent`, under a strict CS
 | GET  /api/admin/stats          | admin     | progress and live agreement                            |
 | GET/POST /api/admin/annotators | admin     | list / create (returns the new token once)             |
 | GET  /api/admin/export         | admin     | preference JSONL (?aggregate=votes|majority&ties=0|1)  |
+
+Every integer a client sends (a task id, the id inside a token) must lie in 0..2**63-1 or gets a
+4xx; every error is a JSON `{"detail": ...}`. Request rates are limited per token and per client
+address in bounded tables (`limits.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignkit.errors import AlignkitError
-from alignkit.feedback.annotate.store import Store, TaskNotFound, export_rows
+from alignkit.feedback.annotate.limits import RateLimiter
+from alignkit.feedback.annotate.store import MAX_ID, Store, TaskNotFound, export_rows
 
 STATIC = Path(__file__).with_name("static")
 _HEADERS = {
@@ -47,7 +51,7 @@ _HEADERS = {
 class Vote(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an `annotator` field in the body is an error, never obeyed
 
-    task_id: int
+    task_id: int = Field(ge=0, le=MAX_ID)
     choice: Literal["A", "B", "tie"]
     strength: int = Field(2, ge=1, le=3)
     comment: str = Field("", max_length=4000)
@@ -79,6 +83,7 @@ def _auth(store: Store, admin_token: str):
         who = store.authenticate(token)
         if who is None:
             raise _unauthorised("unknown or wrong annotator token")
+        request.state.authenticated = True  # the rate limiter stops charging this token to its address
         return who
 
     def admin(request: Request) -> None:
@@ -89,6 +94,7 @@ def _auth(store: Store, admin_token: str):
             if store.authenticate(token) is not None:
                 raise HTTPException(status_code=403, detail="annotator tokens cannot open admin pages")
             raise _unauthorised("wrong admin token")
+        request.state.authenticated = True
 
     return annotator, admin
 
@@ -146,50 +152,55 @@ def _admin_routes(app: FastAPI, store: Store, admin) -> None:
                         headers={"Content-Disposition": 'attachment; filename="annotations.jsonl"'})
 
 
-class RateLimiter:
-    """A token bucket per bearer token: `rate` requests a second on average, bursts up to `burst`."""
+def _too_many(wait: float, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
 
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.buckets: dict[str, tuple[float, float]] = {}  # token -> (tokens left, last refill time)
 
-    def retry_after(self, key: str) -> float:
-        """0 if the request may go now (and is counted), else the seconds to wait."""
-        now = time.monotonic()
-        left, last = self.buckets.get(key, (float(self.burst), now))
-        left = min(self.burst, left + (now - last) * self.rate)
-        if left < 1:
-            self.buckets[key] = (left, now)
-            return (1 - left) / self.rate
-        self.buckets[key] = (left - 1, now)
-        return 0.0
+def _body_too_large(request: Request, max_body_bytes: int) -> bool:
+    length = request.headers.get("content-length", "")
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return False
+    return not (length.isascii() and length.isdigit() and len(length) <= 18) or int(length) > max_body_bytes
 
 
 def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_bytes: int = 64 * 1024,
-               rate_per_s: float = 20.0, burst: int = 40) -> FastAPI:
+               rate_per_s: float = 20.0, burst: int = 40, address_rate_per_s: float = 20.0, address_burst: int = 100,
+               max_tracked: int = 10_000) -> FastAPI:
     """The app over `store`; `admin_token` opens the admin routes, `guidelines` is shown beside each task.
 
-    Requests with bodies over `max_body_bytes` get 413; each token may make `rate_per_s`
-    requests a second (bursts of `burst`) before getting 429 with Retry-After.
+    Requests with bodies over `max_body_bytes` get 413. Each token may make `rate_per_s` requests a
+    second (bursts of `burst`); requests without a token, or with one that has not yet authenticated,
+    also count against their client address (`address_rate_per_s`, `address_burst`), so floods of
+    made-up tokens are limited while annotators sharing an address are not. Over a limit: 429 with
+    Retry-After. Each table tracks at most `max_tracked` keys (least recently used dropped first);
+    both are in `app.state.limiters`.
     """
-    if not admin_token or len(admin_token) < 16:
-        raise AlignkitError("the admin token must be at least 16 characters")
+    if not admin_token or len(admin_token) < 16 or not admin_token.isascii() or not admin_token.isprintable() or " " in admin_token:
+        raise AlignkitError("the admin token must be at least 16 printable ASCII characters without spaces")
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
     annotator, admin = _auth(store, admin_token)
-    limiter = RateLimiter(rate_per_s, burst)
+    tokens = RateLimiter(rate_per_s, burst, max_tracked)
+    addresses = RateLimiter(address_rate_per_s, address_burst, max_tracked)
+    app.state.limiters = {"tokens": tokens, "addresses": addresses}
 
     @app.middleware("http")
     async def limits(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method in ("POST", "PUT", "PATCH") and (length is None or not length.isdigit() or int(length) > max_body_bytes):
+        if _body_too_large(request, max_body_bytes):
             return JSONResponse({"detail": f"request body missing a length or larger than {max_body_bytes} bytes"}, status_code=413)
         token = _bearer(request)
-        if token is not None:
-            wait = limiter.retry_after(hashlib.sha256(token.encode()).hexdigest())
+        key = "token:" + hashlib.sha256(token.encode()).hexdigest() if token is not None else None
+        if key is None or not tokens.trusted(key):
+            wait = addresses.retry_after(request.client.host if request.client else "unknown")
             if wait > 0:
-                return JSONResponse({"detail": "too many requests for this token; slow down"}, status_code=429,
-                                    headers={"Retry-After": str(max(1, round(wait)))})
-        return await call_next(request)
+                return _too_many(wait, "too many requests without a valid token from this address; slow down")
+        if key is not None:
+            wait = tokens.retry_after(key)
+            if wait > 0:
+                return _too_many(wait, "too many requests for this token; slow down")
+        response = await call_next(request)
+        if key is not None and getattr(request.state, "authenticated", False):
+            tokens.trust(key)
+        return response
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -202,6 +213,14 @@ def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_by
     @app.exception_handler(AlignkitError)
     def user_error(request: Request, exc: AlignkitError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(OverflowError)
+    def out_of_range(request: Request, exc: OverflowError):  # a last guard: every integer input is bounded before this
+        return JSONResponse({"detail": f"a number in the request is out of range (0 to {MAX_ID})"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    def server_error(request: Request, exc: Exception):
+        return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import secrets
 import sqlite3
 import time
@@ -69,9 +70,11 @@ CREATE TABLE IF NOT EXISTS votes (
 CREATE INDEX IF NOT EXISTS votes_annotator ON votes(annotator_id);
 """
 
+MAX_ID = 2**63 - 1  # SQLite's largest INTEGER; ids from clients outside 0..MAX_ID are refused, never passed on
 STRENGTH_LEVELS = 3  # 1 slightly, 2 clearly, 3 much better; exported as level / 3
 LEASE_SECONDS = 1800.0  # an assignment not voted on within this long frees its slot for others
 _TOKEN_PREFIX = "ak"
+_TOKEN_SHAPE = re.compile(r"ak_([0-9]{1,19})_(.+)", re.ASCII | re.DOTALL)
 _DISPLAY_TO_STORED = {(False, "A"): "a", (False, "B"): "b", (True, "A"): "b", (True, "B"): "a"}
 
 
@@ -90,12 +93,18 @@ def _dumps(value) -> str:
 class Store:
     def __init__(self, path: str | Path):
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as conn:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise AlignkitError(f"{self.path}: SQLite refused WAL mode ({mode}); put the database on a local disk")
-            conn.executescript(SCHEMA)
+        if Path(self.path).is_dir():
+            raise AlignkitError(f"--db {self.path} is a directory; give a database file path such as {Path(self.path) / 'annotations.sqlite'}")
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with self.connect() as conn:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise AlignkitError(f"{self.path}: SQLite refused WAL mode ({mode}); put the database on a local disk")
+                conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise AlignkitError(f"--db {self.path} cannot be opened as a SQLite database ({exc}); "
+                                "give a writable path to a new or existing annotation database") from None
 
     @contextmanager
     def connect(self):
@@ -176,14 +185,14 @@ class Store:
 
     def authenticate(self, token: str | None) -> dict | None:
         """The annotator a token belongs to, or None; the secret is compared in constant time."""
-        parts = (token or "").split("_", 2)
-        valid_shape = len(parts) == 3 and parts[0] == _TOKEN_PREFIX and parts[1].isdigit()
+        shape = _TOKEN_SHAPE.fullmatch(token or "")
+        valid_shape = shape is not None and int(shape.group(1)) <= MAX_ID
         row = None
         if valid_shape:
             with self.connect() as conn:
-                row = conn.execute("SELECT id, name, token_hash FROM annotators WHERE id = ?", (int(parts[1]),)).fetchone()
+                row = conn.execute("SELECT id, name, token_hash FROM annotators WHERE id = ?", (int(shape.group(1)),)).fetchone()
         expected = row[2] if row else _hash("no such annotator")
-        matches = hmac.compare_digest(_hash(parts[-1] if valid_shape else ""), expected)
+        matches = hmac.compare_digest(_hash(shape.group(2) if valid_shape else ""), expected)
         return {"id": row[0], "name": row[1]} if row and matches else None
 
     def annotators(self) -> list[dict]:
@@ -225,6 +234,8 @@ class Store:
             raise AlignkitError(f"choice must be A, B or tie, got {choice!r}")
         if not 1 <= int(strength) <= STRENGTH_LEVELS:
             raise AlignkitError(f"strength must be 1 to {STRENGTH_LEVELS}, got {strength!r}")
+        if not 0 <= int(task_id) <= MAX_ID:
+            raise TaskNotFound(task_id)
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute("SELECT pair_id, flipped FROM assignments WHERE id = ? AND annotator_id = ?", (task_id, annotator_id)).fetchone()
