@@ -1,4 +1,4 @@
-"""`<run>/report.html`: one self-contained page (inline SVG and CSS, no scripts, no network) for a run.
+"""`<run>/report.html`: one self-contained page (matplotlib charts as inline SVG, CSS, no scripts, no network) for a run.
 
     alignkit report RUN_DIR          # rebuilds RUN_DIR/report.html
 
@@ -15,113 +15,37 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import math
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.evaluate.plots import interval_chart, line_chart
+from alignkit.io import write_text
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-# chart title -> metric keys drawn on it (those present in a stage's metrics)
+# chart title -> (y-axis quantity, its unit or "", the metric keys drawn on it: those present in a stage's metrics);
+# a chart of one metric names that metric on its y axis, a chart of several names the quantity and has a legend
 CHARTS = {
-    "Reward (training proxy)": ["reward", "rewards/margin", "rewards/chosen", "rewards/rejected", "eval/reward"],
-    "Held-out: proxy vs gold": ["monitor/proxy", "monitor/gold", "monitor/judge_win_rate", "eval/gold"],
-    "KL to the reference (nats/answer)": ["kl/ref", "monitor/kl", "eval/kl/ref"],
-    "Answer length": ["response/length", "monitor/length", "eval/length"],
-    "Loss": ["loss", "eval/loss"],
-    "Accuracy": ["rewards/accuracy", "eval/rewards/accuracy", "eval/accuracy"],
-    "Reward hacking": ["hacking/length_corr", "hacking/length_corr_trend", "hacking/repetition", "hacking/truncation_gain"],
+    "Reward (training proxy)": ("reward", "", ["reward", "rewards/margin", "rewards/chosen", "rewards/rejected", "eval/reward"]),
+    "Held-out: proxy vs gold": ("score / win rate", "", ["monitor/proxy", "monitor/gold", "monitor/judge_win_rate", "eval/gold"]),
+    "KL to the reference": ("KL", "nats per answer", ["kl/ref", "monitor/kl", "eval/kl/ref"]),
+    "Answer length": ("mean length", "tokens", ["response/length", "monitor/length", "eval/length"]),
+    "Loss": ("loss", "", ["loss", "eval/loss"]),
+    "Accuracy": ("accuracy", "fraction of pairs", ["rewards/accuracy", "eval/rewards/accuracy", "eval/accuracy"]),
+    "Reward hacking": ("signal", "correlation or rate", ["hacking/length_corr", "hacking/length_corr_trend", "hacking/repetition",
+                                                          "hacking/truncation_gain"]),
 }
+ALARM_CHARTS = ("Held-out: proxy vs gold", "KL to the reference")  # the charts that mark the monitor's alarms
+SERIES_LABELS = {"monitor/length": "monitor/length (words)"}  # the monitor counts words, training counts tokens
 STAGE_ORDER = ["sft", "reward", "ppo", "grpo", "dpo", "kto"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1500px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #e4e4e4;border-radius:6px;background:#fff}
+.chart *{stroke-linejoin:round;stroke-linecap:butt}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}.answers td{max-width:330px;white-space:pre-wrap}
 .alarm{color:#b00020}.muted{color:#777;font-size:12px}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}
 """
-
-
-# ---------------------------------------------------------------- SVG
-
-def _fmt(value: float) -> str:
-    return f"{value:.0f}" if 100 <= abs(value) < 1e6 else f"{value:.3g}"
-
-
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], marks: list[float] = (), width: int = 460,
-               height: int = 250) -> str:
-    """An inline SVG line chart of `series` (name -> [(x, y)]), with vertical red lines at `marks` (alarms)."""
-    points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
-    if not points:
-        return ""
-    left, right, top = 56, 12, 28
-    total_height = height + 8 + 16 * ((len(series) + 1) // 2)
-    xs, ys = [p[0] for p in points] + list(marks), [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 1, y1 + 1
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-    plot_w, plot_h = width - left - right, height - top - 40
-    sx = lambda x: left + (x - x0) / (x1 - x0) * plot_w  # noqa: E731
-    sy = lambda y: top + (1 - (y - y0) / (y1 - y0)) * plot_h  # noqa: E731
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_height}" '
-           f'viewBox="0 0 {width} {total_height}" role="img" aria-label="{html.escape(title)}">',
-           f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>']
-    for i in range(5):
-        y = y0 + (y1 - y0) * i / 4
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="10">{_fmt(y)}</text>')
-    for i in range(5):
-        x = x0 + (x1 - x0) * i / 4
-        out.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">{_fmt(x)}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 28}" text-anchor="middle" font-size="10" fill="#555">step</text>')
-    for mark in marks:
-        out.append(f'<line class="alarm-mark" x1="{sx(mark):.1f}" x2="{sx(mark):.1f}" y1="{top}" y2="{top + plot_h}" '
-                   f'stroke="#d62728" stroke-dasharray="4 3"/>')
-    for k, (name, pts) in enumerate(series.items()):
-        color = COLORS[k % len(COLORS)]
-        pts = [(x, y) for x, y in pts if math.isfinite(y)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        if len(pts) > 1:
-            out.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{color}" stroke-width="1.6"/>')
-        for x, y in (pts if len(pts) <= 40 else []):
-            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.2" fill="{color}"/>')
-        lx, ly = left + (k % 2) * (plot_w / 2), height + 6 + 16 * (k // 2)
-        out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{lx + 14}" y="{ly}" font-size="11">{html.escape(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def interval_chart(title: str, rows: list[tuple[str, float, float, float]], width: int = 520) -> str:
-    """Horizontal dots with interval whiskers on [0, 1] (win rates), a dashed line at 0.5."""
-    if not rows:
-        return ""
-    left, right, top, row_h = 170, 20, 30, 24
-    height = top + row_h * len(rows) + 30
-    plot_w = width - left - right
-    sx = lambda v: left + v * plot_w  # noqa: E731
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="{html.escape(title)}">',
-           f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
-           f'<line x1="{sx(0.5)}" x2="{sx(0.5)}" y1="{top - 4}" y2="{height - 26}" stroke="#999" stroke-dasharray="4 3"/>']
-    for v in (0, 0.25, 0.5, 0.75, 1.0):
-        out.append(f'<text x="{sx(v):.1f}" y="{height - 10}" text-anchor="middle" font-size="10">{int(v * 100)}%</text>')
-    for i, (label, rate, low, high) in enumerate(rows):
-        y = top + row_h * i + row_h / 2
-        color = COLORS[i % len(COLORS)]
-        out.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end" font-size="11">{html.escape(label)}</text>'
-                   f'<line class="series" x1="{sx(low):.1f}" x2="{sx(high):.1f}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="2"/>'
-                   f'<circle cx="{sx(rate):.1f}" cy="{y}" r="4.5" fill="{color}"/>'
-                   f'<text x="{sx(high) + 6:.1f}" y="{y + 4}" font-size="10">{100 * rate:.0f}%</text>')
-    out.append("</svg>")
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- reading a run
@@ -169,6 +93,17 @@ def series_of(metrics: list[dict], keys: list[str]) -> dict[str, list[tuple[floa
     return out
 
 
+def stage_chart(title: str, metrics: list[dict], alarm_steps: list[float]) -> str:
+    """CHARTS[title] for one stage's metrics, "" when none of its metrics were logged."""
+    quantity, unit, keys = CHARTS[title]
+    series = series_of(metrics, keys)
+    if not series:
+        return ""
+    name = next(iter(series)) if len(series) == 1 else quantity
+    ylabel = SERIES_LABELS.get(name) or (f"{name} ({unit})" if unit else name)
+    return line_chart(title, {SERIES_LABELS.get(key, key): pts for key, pts in series.items()}, ylabel, marks=alarm_steps)
+
+
 # ---------------------------------------------------------------- sections
 
 def stage_section(name: str, folder: Path) -> str:
@@ -176,8 +111,7 @@ def stage_section(name: str, folder: Path) -> str:
     monitor = _read_json(folder / "monitor.json")
     summary = _read_json(folder / "summary.json")
     alarm_steps = sorted({a["step"] for a in monitor.get("alarms", [])})
-    charts = [line_chart(title, series_of(metrics, keys), alarm_steps if title.startswith(("Held-out", "KL")) else [])
-              for title, keys in CHARTS.items()]
+    charts = [stage_chart(title, metrics, alarm_steps if title in ALARM_CHARTS else []) for title in CHARTS]
     charts = [c for c in charts if c]
     parts = [f'<h3 id="stage-{html.escape(name)}">{html.escape(name.upper())}</h3>']
     facts = []
@@ -305,9 +239,7 @@ def build_report(run: str | Path) -> str:
 
 def write_report(run: str | Path) -> Path:
     path = Path(run) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(build_report(run), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, build_report(run))
     return path
 
 
