@@ -110,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     _setup_logging(args.verbose)
-    if args.command in STAGES and args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_distributed(args.num_processes, argv)
     try:
         if args.command in STAGES:
+            if args.num_processes < 1:
+                raise AlignkitError(f"--num-processes is {args.num_processes}; it must be at least 1 (the number of training "
+                                    f"processes): pass --num-processes 1, or N > 1 for DDP")
             config_path, run_path, _ = STAGES[args.command]
-            config = load_config(_resolve(config_path), args.config, rest)
+            config = load_config(_resolve(config_path), args.config, rest)  # checked here, before any process starts
+            if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+                return _launch_distributed(args.num_processes, argv)
             _resolve(run_path)(config)
         else:
             importlib.import_module(COMMANDS[args.command][0]).run(args)

@@ -17,9 +17,11 @@ from alignkit.config_loader import (  # noqa: F401  (re-exported: callers import
     _coerce, choose, config_from_dict, config_with_overrides, field_help, load_config, option, parse_overrides, read_yaml, save_config, to_dict,
 )
 from alignkit.errors import AlignkitError
+from alignkit.io import check_output_dir
 from alignkit.losses.kl import KL_ESTIMATORS
 from alignkit.losses.policy import AGGREGATIONS, POLICY_LOSSES
 from alignkit.losses.preference import PREFERENCE_LOSSES
+from alignkit.rl.reward_specs import check_reward_specs
 from alignkit.rl.advantages import ESTIMATORS, NEEDS_GROUPS
 from alignkit.rl.kl_control import KL_CONTROLLERS
 
@@ -34,9 +36,9 @@ class ModelArgs:
     trust_remote_code: bool = option(False, "Run model code shipped with a hub model. Off unless you trust the source.")
     allow_unsafe_pickle: bool = option(False, "Load pickle-based weights (.bin/.pt), which can run code when loaded. Off: only safetensors.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
-    lora_r: int = option(0, "LoRA rank; 0 trains all weights.")
-    lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).")
-    lora_dropout: float = option(0.05, "Dropout on the LoRA input.")
+    lora_r: int = option(0, "LoRA rank; 0 trains all weights.", ge=0, range_text="0 (full fine-tuning) or a positive rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).", ge=1)
+    lora_dropout: float = option(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
     target_modules: list = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Module names LoRA adapts.")
 
 
@@ -45,29 +47,29 @@ class TrainArgs(ModelArgs):
     """The optimisation loop shared by every training stage."""
 
     output_dir: str = option("runs/sft", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
-    seed: int = option(0, "Seed for data order, initialisation and sampling.")
-    learning_rate: float = option(2e-5, "Peak AdamW learning rate.")
-    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms).")
-    adam_betas: list = option([0.9, 0.999], "AdamW betas.")
+    seed: int = option(0, "Seed for data order, initialisation and sampling.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
+    learning_rate: float = option(2e-5, "Peak AdamW learning rate.", gt=0)
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms).", ge=0)
+    adam_betas: list = option([0.9, 0.999], "AdamW betas.", length=2, items=dict(ge=0, lt=1), why="AdamW beta1 and beta2: the decay rates of the moment averages")
     lr_scheduler: str = option("cosine", "linear, cosine or constant (each after warmup).")
-    warmup_ratio: float = option(0.05, "Fraction of optimizer steps spent warming up.")
-    num_epochs: float = option(1.0, "Passes over the training data (fractions allowed).")
-    max_steps: int = option(-1, "Stop after this many optimizer steps; -1 uses num_epochs.")
-    batch_size: int = option(8, "Rows per micro-batch (per process).")
-    grad_accum_steps: int = option(1, "Micro-batches per optimizer step.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables.")
-    max_length: int = option(512, "Longest tokenized row; longer rows are truncated or dropped (see truncation_mode).")
+    warmup_ratio: float = option(0.05, "Fraction of optimizer steps spent warming up.", ge=0, lt=1, why="a fraction of the optimizer steps")
+    num_epochs: float = option(1.0, "Passes over the training data (fractions allowed).", gt=0)
+    max_steps: int = option(-1, "Stop after this many optimizer steps; -1 uses num_epochs.", ge=1, allow=(-1,), range_text="-1 (use num_epochs) or a positive count of optimizer steps")
+    batch_size: int = option(8, "Rows per micro-batch (per process).", ge=1)
+    grad_accum_steps: int = option(1, "Micro-batches per optimizer step.", ge=1)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables.", ge=0, range_text="0 (no clipping) or positive")
+    max_length: int = option(512, "Longest tokenized row; longer rows are truncated or dropped (see truncation_mode).", ge=1)
     truncation_side: str = option("left", "Which end of the prompt is cut when a row is too long: left keeps the prompt's end.")
     truncation_mode: str = option("truncate", "Rows longer than max_length: truncate (keep the completion, cut the prompt) or drop.")
-    eval_every: int = option(0, "Evaluate on the held-out split every N optimizer steps (0: only at the end).")
-    save_every: int = option(0, "Write a checkpoint every N optimizer steps (0: only the final model).")
-    logging_every: int = option(1, "Log metrics every N optimizer steps.")
+    eval_every: int = option(0, "Evaluate on the held-out split every N optimizer steps (0: only at the end).", ge=0, range_text="0 (only at the end) or a positive number of steps")
+    save_every: int = option(0, "Write a checkpoint every N optimizer steps (0: only the final model).", ge=0, range_text="0 (only the final model) or a positive number of steps")
+    logging_every: int = option(1, "Log metrics every N optimizer steps.", ge=1)
     report_to: list = option(["jsonl", "tensorboard"], "Metric sinks: jsonl, tensorboard.")
     resume: str = option("", "Continue a run: `auto` (the newest checkpoint in output_dir, if any) or a checkpoint-N folder.")
     resume_override: list = option([], "Keys a resumed run may change from its checkpoint's config (e.g. [learning_rate]); "
                                        "any other change that breaks exactness is refused.")
-    save_total_limit: int = option(0, "Keep only the newest N checkpoints (0 keeps all).")
-    max_nan_steps: int = option(5, "Stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped).")
+    save_total_limit: int = option(0, "Keep only the newest N checkpoints (0 keeps all).", ge=0, range_text="0 (keep all) or a positive count")
+    max_nan_steps: int = option(5, "Stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped).", ge=1)
 
     def validate(self) -> None:
         choose(self, "lr_scheduler", ("linear", "cosine", "constant"))
@@ -75,13 +77,8 @@ class TrainArgs(ModelArgs):
         choose(self, "truncation_mode", ("truncate", "drop"))
         choose(self, "mixed_precision", ("bf16", "no"))
         choose(self, "dtype", ("float32", "bfloat16"))
-        for key in ("batch_size", "grad_accum_steps", "max_length"):
-            if getattr(self, key) < 1:
-                raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if not self.learning_rate > 0 or self.learning_rate == float("inf"):  # also refuses NaN
-            raise AlignkitError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.lora_r < 0:
-            raise AlignkitError(f"lora_r must be 0 (full fine-tuning) or a positive rank, got {self.lora_r}")
+        check_output_dir(self.output_dir)
+        # single-key ranges are declared on the fields (option(ge=..., ...)) and checked by config_from_dict
 
 
 @dataclass
@@ -97,7 +94,7 @@ class DataArgs:
 class HoldoutDataArgs(DataArgs):
     """DataArgs plus a held-out share split off the training rows when there is no eval_data."""
 
-    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.")
+    eval_fraction: float = option(0.05, "Share of training rows held out when eval_data is empty.", ge=0, lt=1)
 
 
 @dataclass
@@ -118,40 +115,31 @@ class PackingArgs:
 class MonitorConfig:
     """The `monitor:` mapping of a PPO / GRPO / DPO config (alignkit.evaluate.monitors)."""
 
-    every: int = option(0, "Held-out check every N steps: sample answers, score proxy / gold / judge, KL (0: off).")
+    every: int = option(0, "Held-out check every N steps: sample answers, score proxy / gold / judge, KL (0: off).", ge=0, range_text="0 (off) or a positive number of steps")
     prompts: str = option("", "Held-out prompts (rows with a `prompt` column); empty uses the stage's eval_data.")
-    max_prompts: int = option(32, "Use the first N distinct held-out prompts (0: all).")
-    max_new_tokens: int = option(0, "Answer length for the checks (0: the stage's max_new_tokens, else 48).")
-    temperature: float = option(1.0, "Sampling temperature of the check answers (KL is estimated on these samples).")
+    max_prompts: int = option(32, "Use the first N distinct held-out prompts (0: all).", ge=0, range_text="0 (all) or a positive count")
+    max_new_tokens: int = option(0, "Answer length for the checks (0: the stage's max_new_tokens, else 48).", ge=0)
+    temperature: float = option(1.0, "Sampling temperature of the check answers (KL is estimated on these samples).", gt=0, why="KL is estimated on these samples")
     proxy: str = option("", "Proxy reward for the checks: a reward-model directory or module:function; empty: the training reward (DPO: its implicit reward).")
     gold: str = option("", "Gold reward, module:function or hhh-mini-gold; empty: the stage's eval_reward_function, if any.")
     judge: str = option("", "Judge model (alias or directory): its win rate against the reference's answers is a held-out score.")
     constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
-    kl_budget: float = option(0.0, "Alarm when KL(policy || reference) on the held-out prompts exceeds this, nats per answer (0: no budget).")
-    gold_drop: float = option(0.05, "Alarm when held-out gold falls this far below its best check while the proxy has risen since.")
-    proxy_rise: float = option(0.0, "How much the proxy must have risen since gold's best check for the over-optimization alarm.")
-    patience: int = option(1, "Alarmed checks in a row before stopping (with stop_on_alarm).")
+    kl_budget: float = option(0.0, "Alarm when KL(policy || reference) on the held-out prompts exceeds this, nats per answer (0: no budget).", ge=0, range_text="0 (no budget) or positive")
+    gold_drop: float = option(0.05, "Alarm when held-out gold falls this far below its best check while the proxy has risen since.", ge=0)
+    proxy_rise: float = option(0.0, "How much the proxy must have risen since gold's best check for the over-optimization alarm.", ge=0)
+    patience: int = option(1, "Alarmed checks in a row before stopping (with stop_on_alarm).", ge=1)
     stop_on_alarm: bool = option(False, "Stop training after `patience` alarmed checks in a row.")
     keep_best: bool = option(True, "Save the check with the best held-out gold (else judge, else proxy) as <output_dir>/best.")
-    hacking_every: int = option(1, "Reward-hacking alarms every N steps (on training batches for PPO/GRPO, on the checks for DPO); 0: off.")
-    length_corr_warn: float = option(0.5, "Warn when the reward-length correlation of a batch exceeds this.")
-    length_corr_trend_warn: float = option(0.3, "Warn when that correlation rose by more than this over the last trend_window batches.")
-    trend_window: int = option(10, "Batches over which the correlation trend is measured.")
-    repetition_warn: float = option(0.3, "Warn when the mean share of repeated 3-grams in an answer exceeds this.")
-    truncation_gain_warn: float = option(0.5, "Warn when answers outscore their own first part by more than this many reward stds.")
-    truncation_fraction: float = option(0.5, "The share of words kept in the truncated answer.")
-    truncation_samples: int = option(8, "Answers per batch used for the truncation test.")
+    hacking_every: int = option(1, "Reward-hacking alarms every N steps (on training batches for PPO/GRPO, on the checks for DPO); 0: off.", ge=0, range_text="0 (off) or a positive number of steps")
+    length_corr_warn: float = option(0.5, "Warn when the reward-length correlation of a batch exceeds this.", ge=0, le=1, why="a correlation; 0 turns the warning off")
+    length_corr_trend_warn: float = option(0.3, "Warn when that correlation rose by more than this over the last trend_window batches.", ge=0, le=2, why="a rise in correlation; 0 turns the warning off")
+    trend_window: int = option(10, "Batches over which the correlation trend is measured.", ge=2, why="a trend needs two batches or more")
+    repetition_warn: float = option(0.3, "Warn when the mean share of repeated 3-grams in an answer exceeds this.", ge=0, le=1, why="a share of repeated 3-grams; 0 turns the warning off")
+    truncation_gain_warn: float = option(0.5, "Warn when answers outscore their own first part by more than this many reward stds.", ge=0)
+    truncation_fraction: float = option(0.5, "The share of words kept in the truncated answer.", gt=0, lt=1)
+    truncation_samples: int = option(8, "Answers per batch used for the truncation test.", ge=0)
 
-    def validate(self) -> None:
-        for key in ("every", "max_prompts", "max_new_tokens", "hacking_every", "trend_window", "truncation_samples"):
-            if getattr(self, key) < 0:
-                raise AlignkitError(f"monitor.{key} must be 0 or more, got {getattr(self, key)}")
-        if self.patience < 1:
-            raise AlignkitError(f"monitor.patience must be at least 1, got {self.patience}")
-        if self.temperature <= 0:
-            raise AlignkitError(f"monitor.temperature must be > 0 (KL is estimated on samples), got {self.temperature}")
-        if not 0 < self.truncation_fraction < 1:
-            raise AlignkitError(f"monitor.truncation_fraction must be in (0, 1), got {self.truncation_fraction}")
+    # every key's range is declared on its field; no cross-key rule
 
 
 @dataclass
@@ -172,7 +160,7 @@ class DirectAlignmentArgs(PackingArgs, LoRASaveArgs, HoldoutDataArgs, TrainArgs)
 
     output_dir: str = option("runs/dpo", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
     learning_rate: float = option(1e-6, "Peak AdamW learning rate (TRL's DPO default; LoRA wants ~10-100x more).")
-    beta: float | None = option(None, "Strength of the pull toward the reference (must be > 0); empty uses the loss's default: 0.1, 2.0 for simpo.")
+    beta: float | None = option(None, "Strength of the pull toward the reference (must be > 0); empty uses the loss's default: 0.1, 2.0 for simpo.", gt=0, example=0.1, why="it scales the log-ratios; DPO's usual range is 0.01-0.5")
     reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy), adapter (the LoRA base with adapters off), precompute (log-probs computed once and cached on disk).")
     reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
     ref_cache_dir: str = option("", "Folder for precomputed reference log-probs (keyed by model weights and data); empty uses $ALIGNKIT_CACHE/reference_logps.")
@@ -181,14 +169,8 @@ class DirectAlignmentArgs(PackingArgs, LoRASaveArgs, HoldoutDataArgs, TrainArgs)
     def validate(self) -> None:
         super().validate()
         choose(self, "reference", ("auto", "copy", "adapter", "precompute"))
-        if isinstance(self.beta, str):  # `_coerce` passes `float | None` values through as given
-            self.beta = None if self.beta.strip().lower() in ("", "none", "null") else _coerce(self.beta, float, "beta", "config")
-        if self.beta is not None and self.beta <= 0:
-            raise AlignkitError(f"beta must be positive (it scales the log-ratios), got {self.beta}; DPO's usual range is 0.01-0.5")
         if self.reference == "adapter" and self.lora_r == 0:
             raise AlignkitError("reference: adapter needs LoRA (set lora_r > 0); full fine-tuning uses reference: copy or precompute")
-        if not 0 <= self.eval_fraction < 1:
-            raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.packing:
             raise AlignkitError("packing is not used by dpo/kto: share_prompt (on by default) already runs each prompt once "
                                 "and drops the padding between a pair's completions; remove packing")
@@ -199,17 +181,13 @@ class DPOConfig(MonitorArgs, DirectAlignmentArgs):
     """`alignkit dpo`: direct preference optimization and its variants on (prompt, chosen, rejected) pairs."""
 
     loss: str = option("sigmoid", "sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free), orpo (reference-free, adds NLL).")
-    label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.")
-    gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.")
-    rpo_alpha: float = option(0.0, "Add rpo_alpha x the chosen answer's mean token NLL to any loss (RPO; the paper uses 1.0): keeps chosen answers likely.")
+    label_smoothing: float = option(0.0, "sigmoid: conservative DPO flip rate; robust: the assumed label-noise rate (< 0.5); simpo: smoothing.", ge=0, lt=0.5, why="a label-flip rate below one half")
+    gamma_beta_ratio: float = option(0.5, "simpo: target margin gamma as a fraction of beta.", ge=0)
+    rpo_alpha: float = option(0.0, "Add rpo_alpha x the chosen answer's mean token NLL to any loss (RPO; the paper uses 1.0): keeps chosen answers likely.", ge=0, range_text="0 (off) or positive", why="the weight of the chosen answers' NLL added to the loss")
 
     def validate(self) -> None:
         super().validate()
         choose(self, "loss", PREFERENCE_LOSSES)
-        if not 0 <= self.label_smoothing < 0.5:
-            raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.rpo_alpha < 0:
-            raise AlignkitError(f"rpo_alpha must be 0 (off) or positive, got {self.rpo_alpha}")
 
 
 @dataclass
@@ -219,15 +197,11 @@ class KTOConfig(DirectAlignmentArgs):
     output_dir: str = option("runs/kto", "Where checkpoints, the final model, metrics.jsonl and TensorBoard logs go.")
     learning_rate: float = option(1e-6, "Peak AdamW learning rate (TRL's KTO default; LoRA wants ~10-100x more).")
     beta: float | None = option(None, "Sharpness of the KTO value function (must be > 0); empty uses 0.1.")
-    desirable_weight: float = option(1.0, "lambda_D, the weight of desirable rows; keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3].")
-    undesirable_weight: float = option(1.0, "lambda_U, the weight of undesirable rows.")
+    desirable_weight: float = option(1.0, "lambda_D, the weight of desirable rows; keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3].", gt=0)
+    undesirable_weight: float = option(1.0, "lambda_U, the weight of undesirable rows.", gt=0)
     from_preference: bool = option(False, "Read (prompt, chosen, rejected) data as one desirable and one undesirable row per pair.")
 
-    def validate(self) -> None:
-        super().validate()
-        for key in ("desirable_weight", "undesirable_weight"):
-            if getattr(self, key) <= 0:
-                raise AlignkitError(f"{key} must be positive, got {getattr(self, key)}")
+    # desirable_weight and undesirable_weight: ranges declared on the fields
 
 
 @dataclass
@@ -237,10 +211,11 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     output_dir: str = option("runs/ppo", "Where the final model, metrics.jsonl and TensorBoard logs go.")
     data: str = option("", "Prompts (any rows with a `prompt` column; other columns are passed to reward functions).")
     eval_data: str = option("", "Held-out prompts, answered greedily and scored at the start, every eval_every steps and at the end.")
-    eval_rows: int = option(0, "Use only the first N held-out prompts (0: all).")
+    eval_rows: int = option(0, "Use only the first N held-out prompts (0: all).", ge=0, range_text="0 (all) or a positive count")
     eval_reward_function: str = option("", "An extra judge for evaluation only, module:function or hhh-mini-gold (logged as eval/gold).")
     eval_samples: int = option(0, "Also score this many sampled answers per held-out prompt (rollout temperature and top-p; eval/sampled_*): "
-                                  "the expected reward the policy optimises, less noisy than one greedy answer.")
+                                  "the expected reward the policy optimises, less noisy than one greedy answer.", ge=0,
+                              why="sampled answers scored per held-out prompt")
     learning_rate: float = option(1e-5, "Peak AdamW learning rate.")
     lr_scheduler: str = option("constant", "linear, cosine or constant (each after warmup).")
     warmup_ratio: float = option(0.0, "Fraction of optimizer steps spent warming up.")
@@ -249,55 +224,55 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     batch_size: int = option(8, "Responses per forward pass (micro-batch); a minibatch accumulates over several.")
     truncation_mode: str = option("drop", "Prompts longer than max_prompt_length: drop (counted and reported) or truncate (keep the end).")
     # rollout
-    prompts_per_step: int = option(16, "Prompts sampled per rollout step.")
-    group_size: int = option(1, "Responses sampled per prompt (G); rloo and grpo need 2 or more.")
-    max_prompt_length: int = option(256, "Longest prompt in tokens (after the chat template).")
-    max_new_tokens: int = option(64, "Longest response; one that hits it without EOS is truncated (see missing_eos_penalty).")
-    temperature: float = option(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
-    top_p: float = option(1.0, "Nucleus sampling threshold (1.0 samples from the whole distribution).")
-    generation_batch_size: int = option(0, "Sequences per generate call (0: the whole rollout at once).")
+    prompts_per_step: int = option(16, "Prompts sampled per rollout step.", ge=1)
+    group_size: int = option(1, "Responses sampled per prompt (G); rloo and grpo need 2 or more.", ge=1)
+    max_prompt_length: int = option(256, "Longest prompt in tokens (after the chat template).", ge=1)
+    max_new_tokens: int = option(64, "Longest response; one that hits it without EOS is truncated (see missing_eos_penalty).", ge=1)
+    temperature: float = option(1.0, "Sampling temperature; log-probs are computed at the same temperature.", gt=0)
+    top_p: float = option(1.0, "Nucleus sampling threshold (1.0 samples from the whole distribution).", gt=0, le=1)
+    generation_batch_size: int = option(0, "Sequences per generate call (0: the whole rollout at once).", ge=0, range_text="0 (the whole rollout) or a positive count")
     generation_backend: str = option("hf", "hf (transformers generate with KV cache) or vllm (GPU only, pip install alignkit[vllm]).")
-    vllm_gpu_memory_utilization: float = option(0.3, "Share of GPU memory vLLM may take (generation_backend: vllm).")
-    missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.")
+    vllm_gpu_memory_utilization: float = option(0.3, "Share of GPU memory vLLM may take (generation_backend: vllm).", gt=0, le=1)
+    missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.", ge=0)
     mask_truncated_completions: bool = option(False, "Leave responses without EOS out of the loss entirely (counted in response/masked).")
     # rewards
     reward_model: str = option("", "A trained reward model or ensemble directory.")
     reward_function: str = option("", "A Python reward, module:function or path/file.py:function, called fn(prompts, responses, **columns); hhh-mini-gold is the hhh-mini judge.")
     reward_url: str = option("", "An HTTP reward endpoint: POST JSON {prompts, responses, ...columns} -> a list of numbers or {rewards: [...]}.")
     rewards: list = option([], "Several reward sources summed with weights: [{type: model|function|http, weight: 1.0, ...}] (see alignkit.rl.rewards).")
-    reward_conservative_k: float = option(0.0, "With a reward-model ensemble, score mean - k * std (0: the mean).")
+    reward_conservative_k: float = option(0.0, "With a reward-model ensemble, score mean - k * std (0: the mean).", ge=0)
     reward_normalize: bool = option(True, "Standardise rewards with running mean/std over every reward seen so far.")
-    reward_clip: float = option(0.0, "Clip the (normalised) reward to [-c, c]; 0 disables.")
+    reward_clip: float = option(0.0, "Clip the (normalised) reward to [-c, c]; 0 disables.", ge=0, range_text="0 (no clipping) or positive")
     reward_on_invalid: str = option("skip", "A NaN/None reward: skip (leave the response out, counted in reward/skipped) or error.")
-    reward_timeout: float = option(30.0, "Seconds to wait for the reward endpoint.")
-    reward_retries: int = option(2, "Retries when the reward endpoint does not answer.")
+    reward_timeout: float = option(30.0, "Seconds to wait for the reward endpoint.", gt=0)
+    reward_retries: int = option(2, "Retries when the reward endpoint does not answer.", ge=0)
     # advantages and losses
     advantage: str = option("gae", "Advantage estimator: gae, reinforce, reinforce_baseline, rloo or grpo.")
-    gamma: float = option(1.0, "Discount over response tokens.")
-    lam: float = option(0.95, "GAE lambda.")
+    gamma: float = option(1.0, "Discount over response tokens.", ge=0, le=1)
+    lam: float = option(0.95, "GAE lambda.", ge=0, le=1)
     whiten_advantages: bool = option(True, "Standardise advantages over the rollout's tokens.")
     scale_rewards: bool = option(True, "grpo: divide by the group's reward std (False: Dr. GRPO, mean-centring only).")
     policy_loss: str = option("ppo_clip", "ppo_clip or reinforce (the plain -A log pi surrogate).")
     loss_aggregation: str = option("token_mean", "token_mean, sequence_mean (original GRPO) or constant (Dr. GRPO: / max_new_tokens).")
-    ppo_epochs: int = option(4, "Passes over each rollout.")
-    num_minibatches: int = option(1, "Optimizer steps per pass over a rollout.")
-    clip_range: float = option(0.2, "PPO ratio clip epsilon.")
-    clip_range_high: float = option(0.0, "Upper clip epsilon (0: same as clip_range; larger is DAPO's clip-higher).")
-    target_kl: float = option(0.0, "Stop a rollout's remaining minibatches once policy/approx_kl exceeds this (0: never).")
-    ent_coef: float = option(0.0, "Entropy bonus coefficient.")
+    ppo_epochs: int = option(4, "Passes over each rollout.", ge=1)
+    num_minibatches: int = option(1, "Optimizer steps per pass over a rollout.", ge=1)
+    clip_range: float = option(0.2, "PPO ratio clip epsilon.", gt=0, lt=1, why="the ratio is clipped to [1 - clip_range, 1 + clip_range]")
+    clip_range_high: float = option(0.0, "Upper clip epsilon (0: same as clip_range; larger is DAPO's clip-higher).", ge=0, range_text="0 (same as clip_range) or positive")
+    target_kl: float = option(0.0, "Stop a rollout's remaining minibatches once policy/approx_kl exceeds this (0: never).", ge=0, range_text="0 (never stop early) or positive")
+    ent_coef: float = option(0.0, "Entropy bonus coefficient.", ge=0)
     value_model: str = option("head", "gae's value model: head (on the policy backbone), policy (separate critic from the policy), reward (critic from the reward model).")
-    vf_coef: float = option(0.1, "Value loss coefficient.")
-    value_learning_rate: float = option(0.0, "The value model's own learning rate (0: learning_rate). A head that starts at zero learns slowly at the policy's rate.")
-    vf_clip: float = option(0.2, "Value clipping range (0 disables).")
+    vf_coef: float = option(0.1, "Value loss coefficient.", ge=0)
+    value_learning_rate: float = option(0.0, "The value model's own learning rate (0: learning_rate). A head that starts at zero learns slowly at the policy's rate.", ge=0, range_text="0 (use learning_rate) or positive")
+    vf_clip: float = option(0.2, "Value clipping range (0 disables).", ge=0, range_text="0 (no clipping) or positive")
     # KL to the reference
     reference: str = option("auto", "Reference policy: auto (adapter with LoRA, else copy), copy (a frozen copy) or adapter (LoRA base, adapters off).")
     reference_model: str = option("", "Reference model; empty uses the starting policy (`model`).")
     kl_estimator: str = option("k1", "Per-token KL estimator: k1, k2 or k3.")
     kl_in: str = option("reward", "Where the KL term goes: reward (-beta*kl per token, PPO style) or loss (+beta*kl, GRPO style).")
-    kl_coef: float = option(0.05, "beta, the KL coefficient (initial value with adaptive control).")
+    kl_coef: float = option(0.05, "beta, the KL coefficient (initial value with adaptive control).", ge=0)
     kl_control: str = option("fixed", "fixed or adaptive (Ziegler et al. 2019: beta tracks kl_target).")
-    kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.")
-    kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.")
+    kl_target: float = option(6.0, "Adaptive control's target KL, nats per response.", gt=0)
+    kl_horizon: float = option(10000.0, "Adaptive control's horizon, in responses.", gt=0)
 
     def validate(self) -> None:
         super().validate()
@@ -311,23 +286,14 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
         choose(self, "reference", ("auto", "copy", "adapter"))
         choose(self, "generation_backend", ("hf", "vllm"))
         choose(self, "reward_on_invalid", ("skip", "error"))
-        for key in ("prompts_per_step", "group_size", "max_prompt_length", "max_new_tokens", "ppo_epochs", "num_minibatches"):
-            if getattr(self, key) < 1:
-                raise AlignkitError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.eval_samples < 0:
-            raise AlignkitError(f"eval_samples must be 0 or more, got {self.eval_samples}")
-        if not 0 <= self.value_learning_rate < float("inf"):  # also refuses NaN
-            raise AlignkitError(f"value_learning_rate must be 0 (use learning_rate) or positive, got {self.value_learning_rate}")
+        check_reward_specs(self.rewards)
+        if 0 < self.clip_range_high < self.clip_range:
+            raise AlignkitError(f"clip_range_high ({self.clip_range_high}) is below clip_range ({self.clip_range}); set it to 0 "
+                                f"(the same as clip_range) or to clip_range or more (DAPO's clip-higher, e.g. 0.28)")
         if self.advantage in NEEDS_GROUPS and self.group_size < 2:
             raise AlignkitError(f"advantage: {self.advantage} compares responses to the same prompt; set group_size to 2 or more")
         if self.num_minibatches > self.prompts_per_step * self.group_size:
             raise AlignkitError(f"num_minibatches={self.num_minibatches} is more than the {self.prompts_per_step * self.group_size} responses per rollout")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise AlignkitError(f"temperature must be > 0 and top_p in (0, 1]; got {self.temperature}, {self.top_p}")
-        if self.kl_coef < 0:
-            raise AlignkitError(f"kl_coef must be 0 or more, got {self.kl_coef}")
-        if self.kl_control == "adaptive" and (self.kl_target <= 0 or self.kl_horizon <= 0):
-            raise AlignkitError("kl_control: adaptive needs kl_target > 0 and kl_horizon > 0")
         if self.grad_accum_steps != 1:
             raise AlignkitError("grad_accum_steps is not used by online RL: a minibatch is rollout/num_minibatches responses, run in batch_size pieces")
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
@@ -362,37 +328,30 @@ class RewardConfig(HoldoutDataArgs, TrainArgs):
 
     data: str = option("", "Preference data (prompt, chosen, rejected; optional margin, strength): file, datasets directory or hub id.")
     eval_data: str = option("", "Held-out preference data; empty splits eval_fraction off the training data.")
-    eval_fraction: float = option(0.05, "Share of training pairs held out when eval_data is empty.")
+    eval_fraction: float = option(0.05, "Share of training pairs held out when eval_data is empty.", ge=0, lt=1)
     output_dir: str = option("runs/reward", "Where the reward model (<output_dir>/model, or member-*/ for an ensemble), metrics.jsonl and logs go.")
     learning_rate: float = option(1e-5, "Peak AdamW learning rate (full fine-tuning; LoRA wants ~10-50x more).")
-    center_rewards_coefficient: float = option(0.0, "Adds coef * mean((r_chosen + r_rejected)^2) to pull rewards toward mean 0 (Eisenstein et al. 2023 use 0.01); 0 disables.")
-    label_smoothing: float = option(0.0, "Assumed rate of flipped labels eps in [0, 0.5): loss -(1-eps) log s(z) - eps log s(-z).")
+    center_rewards_coefficient: float = option(0.0, "Adds coef * mean((r_chosen + r_rejected)^2) to pull rewards toward mean 0 (Eisenstein et al. 2023 use 0.01); 0 disables.", ge=0, range_text="0 (off) or positive", why="the weight of the penalty pulling rewards toward mean 0")
+    label_smoothing: float = option(0.0, "Assumed rate of flipped labels eps in [0, 0.5): loss -(1-eps) log s(z) - eps log s(-z).", ge=0, lt=0.5, why="a label-flip rate below one half")
     use_margin: bool = option(True, "Use the data's per-pair `margin` column (loss -log s(r_c - r_r - margin)) when it has one.")
     identical_pairs: str = option("drop", "Pairs whose chosen equals rejected (no preference signal): drop (counted and reported), keep, or error.")
     empty_responses: str = option("keep", "Pairs with an empty chosen or rejected response: keep (scored as just EOS; counted and reported), drop, or error.")
     share_prompt: bool = option(True, "Run prompt + chosen + rejected as one row with the prompt computed once (same rewards, fewer tokens).")
     group_by_length: bool = option(True, "Batch pairs of similar length together (less padding).")
-    ensemble: int = option(1, "Train K reward models (seeds seed..seed+K-1, bootstrap resamples) into one ensemble directory.")
+    ensemble: int = option(1, "Train K reward models (seeds seed..seed+K-1, bootstrap resamples) into one ensemble directory.", ge=1)
     bootstrap: bool = option(True, "With ensemble > 1, train each member on a resample (with replacement) of the training pairs.")
-    conservative_k: float = option(1.0, "The ensemble's default k for the conservative score mean - k * std (written to ensemble.json).")
-    normalization_pairs: int = option(0, "Training pairs scored after training for the reward mean/std saved in config.json; 0 scores all, N a seeded sample of N.")
+    conservative_k: float = option(1.0, "The ensemble's default k for the conservative score mean - k * std (written to ensemble.json).", ge=0)
+    normalization_pairs: int = option(0, "Training pairs scored after training for the reward mean/std saved in config.json; 0 scores all, N a seeded sample of N.", ge=0, range_text="0 (all training pairs) or a positive count")
 
     def validate(self) -> None:
         super().validate()
         choose(self, "identical_pairs", ("drop", "keep", "error"))
         choose(self, "empty_responses", ("keep", "drop", "error"))
-        if not 0 <= self.label_smoothing < 0.5:
-            raise AlignkitError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.center_rewards_coefficient < 0:
-            raise AlignkitError(f"center_rewards_coefficient must be 0 or positive, got {self.center_rewards_coefficient}")
-        if self.ensemble < 1:
-            raise AlignkitError(f"ensemble must be at least 1 (the number of reward models), got {self.ensemble}")
+        if self.seed + self.ensemble - 1 >= 2**32:
+            raise AlignkitError(f"the last ensemble member's seed, seed + ensemble - 1, is {self.seed + self.ensemble - 1}; "
+                                f"it must be below 2**32 ({2**32}): lower seed or ensemble")
         if self.ensemble > 1 and self.resume not in ("", "auto"):
             raise AlignkitError(f"resume: {self.resume!r} names one checkpoint, but an ensemble has one per member (in logs/member-*/); use resume: auto")
-        if self.normalization_pairs < 0:
-            raise AlignkitError(f"normalization_pairs must be 0 (all training pairs) or a positive count, got {self.normalization_pairs}")
-        if not 0 <= self.eval_fraction < 1:
-            raise AlignkitError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
 @dataclass
@@ -401,32 +360,27 @@ class EvalConfig:
 
     data: str = option("", "Evaluation prompts (rows with a `prompt` column; other columns go to the gold function).")
     data_split: str = option("test", "Split to read from a datasets directory or hub id.")
-    limit: int = option(0, "Use only the first N prompts (0: all).")
+    limit: int = option(0, "Use only the first N prompts (0: all).", ge=0, range_text="0 (all) or a positive count")
     reward_model: str = option("", "Reward model or ensemble directory that scores answers (win rate by reward, ensemble std).")
     gold: str = option("", "Gold reward function, module:function, path/file.py:function or hhh-mini-gold.")
     judge: str = option("", "Pairwise LLM judge model (alias or directory); every pair is judged in both orders.")
     judge_endpoint: str = option("", "An OpenAI-compatible judge endpoint instead of a local judge model.")
     constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
-    max_new_tokens: int = option(48, "Longest answer (greedy decoding).")
-    batch_size: int = option(16, "Prompts per generate call and sequences per scoring pass.")
-    kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).")
-    tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).")
-    judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.")
-    confidence: float = option(0.95, "Confidence level of the bootstrap intervals.")
-    bootstrap: int = option(2000, "Bootstrap resamples.")
+    max_new_tokens: int = option(48, "Longest answer (greedy decoding).", ge=1)
+    batch_size: int = option(16, "Prompts per generate call and sequences per scoring pass.", ge=1)
+    kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).", ge=0, range_text="0 (skip KL) or a positive count")
+    tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).", ge=0)
+    judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.", ge=0, lt=0.5)
+    confidence: float = option(0.95, "Confidence level of the bootstrap intervals.", gt=0, lt=1)
+    bootstrap: int = option(2000, "Bootstrap resamples.", ge=1)
     train_prompts: str = option("", "Training prompts for the distribution-shift report (needs pairs and reward_model).")
     pairs: str = option("", "Held-out preference pairs: the reward model's accuracy by distance to train_prompts.")
-    shift_buckets: int = option(3, "Equal-count distance buckets in the shift report.")
+    shift_buckets: int = option(3, "Equal-count distance buckets in the shift report.", ge=1)
     mixed_precision: str = option("bf16", "bf16 autocast for generation and scoring, or no.")
-    seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.")
+    seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
 
     def validate(self) -> None:
         choose(self, "mixed_precision", ("bf16", "no"))
-        if not 0 < self.confidence < 1:
-            raise AlignkitError(f"confidence must be in (0, 1), got {self.confidence}")
-        for key in ("limit", "kl_samples", "max_new_tokens", "batch_size", "bootstrap", "shift_buckets"):
-            if getattr(self, key) < (1 if key in ("max_new_tokens", "batch_size", "bootstrap", "shift_buckets") else 0):
-                raise AlignkitError(f"{key} must be {'at least 1' if key in ('max_new_tokens', 'batch_size', 'bootstrap', 'shift_buckets') else '0 or more'}, got {getattr(self, key)}")
 
 
 @dataclass
@@ -435,11 +389,11 @@ class PipelineConfig:
 
     workdir: str = option("runs/pipeline", "Where the data, every stage's run folder, eval/ and report.html go; finished stages are reused.")
     model: str = option("smollm2-135m-instruct", "The base model SFT starts from.")
-    seed: int = option(0, "Seed for the data and every stage.")
+    seed: int = option(0, "Seed for the data and every stage.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
     task: str = option("hhh-mini", "Built-in task whose data is written to <workdir>/data (its gold judge scores the answers).")
-    n_train: int = option(800, "Training prompts of the task.")
-    n_test: int = option(100, "Test prompts of the task (the evaluation set).")
-    n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).")
+    n_train: int = option(800, "Training prompts of the task.", ge=1)
+    n_test: int = option(100, "Test prompts of the task (the evaluation set).", ge=1)
+    n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).", ge=0)
     policy: str = option("grpo", "Online RL stage: grpo or ppo.")
     stages: list = option(["sft", "reward", "policy", "dpo", "eval", "report"], "Stages to run, in this order (data is always written first).")
     eval_base: bool = option(True, "Evaluate the base model too (as `base`), so the final table shows what SFT itself gained.")
@@ -455,5 +409,5 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in ("sft", "reward", "policy", "ppo", "grpo", "dpo", "eval", "report")]
         if unknown:
             raise AlignkitError(f"stages: unknown stage {unknown[0]!r}; choose from sft, reward, policy (the {self.policy} stage), dpo, eval, report")
-        if not 0 <= self.n_val < self.n_train:
-            raise AlignkitError(f"n_val must be in [0, n_train), got {self.n_val}")
+        if self.n_val >= self.n_train:
+            raise AlignkitError(f"n_val ({self.n_val}) must be below n_train ({self.n_train}): the held-out prompts come out of the training prompts")

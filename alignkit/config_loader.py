@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,65 @@ import yaml
 from alignkit.errors import AlignkitError
 
 
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field with its help text; mutable defaults are copied per instance."""
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field admits: limits `ge`/`gt`/`le`/`lt`, values `allow`ed outside them
+    (max_steps: -1), and for a list its `length` and the bounds of each item. `text` says the range in
+    words where the limits alone would mislead; `why` replaces the help text's first clause in messages;
+    `example` is the valid value a message suggests (default: the field's default)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    allow: tuple = ()
+    length: int | None = None
+    items: Bounds | None = None
+    text: str = ""
+    why: str = ""
+    example: Any = None
+
+    def admits(self, value: float) -> bool:
+        if value in self.allow:
+            return True
+        return (math.isfinite(value) and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        """The range in words: `in [0, 1)`, `at least 1`, `positive`, `2 numbers, each in [0, 1)`."""
+        if self.text:
+            return self.text
+        if self.items is not None:
+            count = f"{self.length} numbers" if self.length is not None else "a list of numbers"
+            return f"{count}, each {self.items.describe()}"
+        low, high = (self.ge, "[") if self.ge is not None else (self.gt, "(")
+        top, close = (self.le, "]") if self.le is not None else (self.lt, ")")
+        if low is not None and top is not None:
+            return f"in {high}{_number(low)}, {_number(top)}{close}"
+        if low is not None:
+            if self.gt == 0:
+                return "positive"
+            return f"{_number(low)} or more" if self.ge == 0 else (f"at least {_number(low)}" if self.ge is not None else f"greater than {_number(low)}")
+        if top is not None:
+            return f"at most {_number(top)}" if self.le is not None else f"less than {_number(top)}"
+        return "a finite number"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def option(default: Any, help: str, *, ge=None, gt=None, le=None, lt=None, allow=(), length=None, items=None,
+           range_text: str = "", why: str = "", example: Any = None, **kwargs) -> Any:
+    """A dataclass field with its help text and, for a number (or a list of numbers), the range it must lie in
+    (checked by `config_from_dict`; see `Bounds`); mutable defaults are copied per instance."""
+    metadata = {"help": help}
+    if any(v is not None for v in (ge, gt, le, lt, length, items, example)) or allow or range_text:
+        items = Bounds(**items) if isinstance(items, dict) else items
+        metadata["bounds"] = Bounds(ge, gt, le, lt, tuple(allow), length, items, range_text, why, example)
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 def choose(config, key: str, choices) -> None:
@@ -54,7 +110,7 @@ def _section_class(annotation: Any) -> type | None:
 def _coerce_section(value: Any, cls: type, optional: bool, key: str, source: str) -> Any:
     """A nested section from a mapping (or a YAML mapping given as text); empty or null means off (None) when optional."""
     if isinstance(value, cls):
-        return value
+        value = dataclasses.asdict(value)  # checked like a mapping, so a Python-built section passes the same checks
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value)
@@ -67,16 +123,19 @@ def _coerce_section(value: Any, cls: type, optional: bool, key: str, source: str
     return config_from_dict(cls, value, source, prefix=f"{key}.")
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Converts a YAML or command-line value to the field's declared type."""
+def _coerce(value: Any, annotation: Any, key: str, source: str, hint: str = "") -> Any:
+    """Converts a YAML or command-line value to the field's declared type; `hint` ends the message of a wrong type."""
     section = _section_class(annotation)
     if section is not None:
         return _coerce_section(value, section, type(None) in typing.get_args(annotation), key, source)
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and type(None) in args:  # `float | None`
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
     kind = annotation if isinstance(annotation, type) else typing.get_origin(annotation) or annotation
     if isinstance(annotation, str):  # postponed annotations
         kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}.get(annotation, str)
-    if isinstance(kind, types.UnionType):
-        kind = next((a for a in typing.get_args(annotation) if a is not type(None)), str)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -88,9 +147,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
                 return False
             raise ValueError(value)
         if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return _whole_number(value)
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError(value)
@@ -112,10 +169,120 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError(value)
             return "" if value is None else str(value)
-    except (TypeError, ValueError, yaml.YAMLError):
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
         name = getattr(kind, "__name__", str(kind))
-        raise AlignkitError(f"{source}: key '{key}' must be {name}, got {value!r}") from None
+        raise AlignkitError(f"{source}: key '{key}' must be {name}, got {value!r}{hint}") from None
     return value
+
+
+def _whole_number(value: Any) -> int:
+    """An int from an int, an integral float or text ("8", "1e3", "2.0"); a fraction, NaN or inf is a ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)
+    if isinstance(value, float) and not value.is_integer():  # also NaN and inf
+        raise ValueError(value)
+    return int(value)
+
+
+# ---------------------------------------------------------------- ranges
+
+def _number_kind(annotation: Any) -> type | None:
+    """int or float for a numeric field (`float | None` included), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def field_bounds(cls, name: str) -> Bounds | None:
+    """The field's `Bounds`: its own, or those of the nearest base class declaring it (a command that
+    re-declares a shared field for its default or help keeps the shared range)."""
+    for base in cls.__mro__:
+        f = getattr(base, "__dataclass_fields__", {}).get(name)
+        if f is not None and "bounds" in f.metadata:
+            return f.metadata["bounds"]
+    return None
+
+
+def _why(f: dataclasses.Field, bounds: Bounds | None) -> str:
+    if bounds is not None and bounds.why:
+        return bounds.why
+    text = re.split(r"\. (?=[A-Z])", f.metadata.get("help", ""))[0].rstrip(".")  # the first sentence ("et al. 2023" kept)
+    if text.endswith(")") and " (" in text:  # "rows per micro-batch (per process)": the clause without its aside
+        text = text[: text.rindex(" (")]
+    word = text.split(" ")[0]
+    return text[:1].lower() + text[1:] if word[1:] == word[1:].lower() else text  # "Rows" -> "rows", "AdamW" stays
+
+
+def _fix(f: dataclasses.Field, bounds: Bounds | None, key: str) -> str:
+    """What to do: the key, and a valid value for it written as on the command line (the example, else the default)."""
+    value = bounds.example if bounds is not None and bounds.example is not None else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    return f"; fix it in the YAML or pass --{key} {','.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+def _type_hint(f: dataclasses.Field, bounds: Bounds | None, kind: type | None, key: str) -> str:
+    """What a numeric field takes, added to a wrong-type message."""
+    if kind is None:
+        return ""
+    what = "a whole number" if kind is int else "a number"
+    return f"; it takes {what}, {(bounds or Bounds()).describe()} ({_why(f, bounds)}){_fix(f, bounds, key)}"
+
+
+def _out_of_range(source: str, key: str, value: Any, f: dataclasses.Field, bounds: Bounds | None) -> AlignkitError:
+    text = (bounds or Bounds()).describe()
+    return AlignkitError(f"{source}: key {key} must be {text}, got {value!r} ({_why(f, bounds)}){_fix(f, bounds, key)}")
+
+
+def _non_finite(value: Any, path: str = "") -> tuple[str, Any] | None:
+    """The first NaN or infinite number inside a list or mapping, as (path, value), e.g. `[0].weight`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, item in items:
+        found = _non_finite(item, f"{path}[{name}]" if isinstance(value, list) else f"{path}.{name}")
+        if found:
+            return found
+    return None
+
+
+def _check_list(config, f: dataclasses.Field, bounds: Bounds | None, key: str, source: str) -> None:
+    """A list or mapping field: no NaN/inf anywhere inside; with bounds, its length and every item (made a float) in range."""
+    value = getattr(config, f.name)
+    found = _non_finite(value)
+    if found:
+        path, number = found
+        raise AlignkitError(f"{source}: key {key}{path} must be a finite number, got {number!r} ({_why(f, bounds)}); fix it in the YAML")
+    if bounds is None or bounds.items is None:
+        return
+    try:
+        numbers = [float(v) if not isinstance(v, bool) else None for v in value]
+    except (TypeError, ValueError, OverflowError):
+        numbers = [None]
+    if None in numbers or (bounds.length is not None and len(numbers) != bounds.length) or not all(map(bounds.items.admits, numbers)):
+        raise _out_of_range(source, key, value if None in numbers else numbers, f, bounds)
+    setattr(config, f.name, numbers)
+
+
+def check_ranges(config, source: str = "config", prefix: str = "") -> None:
+    """Every number of `config` finite and within its field's `Bounds`; lists and mappings searched for NaN/inf.
+    Nested sections are checked when they are built (`_coerce_section`)."""
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(config):
+        value, key, annotation, bounds = getattr(config, f.name), prefix + f.name, hints.get(f.name, str), field_bounds(cls, f.name)
+        if _section_class(annotation) is not None:
+            continue
+        if isinstance(value, (list, dict)):
+            _check_list(config, f, bounds, key, source)
+        elif _number_kind(annotation) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not (bounds or Bounds()).admits(value):
+            raise _out_of_range(source, key, value, f, bounds)
 
 
 def config_from_dict(cls, values: dict, source: str = "config", prefix: str = ""):
@@ -129,20 +296,30 @@ def config_from_dict(cls, values: dict, source: str = "config", prefix: str = ""
         name = str(key).replace("-", "_")
         if name not in fields:
             raise AlignkitError(f"{source}: unknown key '{prefix}{key}'{_closest(name, fields, prefix)}")
-        kwargs[name] = _coerce(value, hints.get(name, str), prefix + name, source)
+        annotation = hints.get(name, str)
+        hint = _type_hint(fields[name], field_bounds(cls, name), _number_kind(annotation), prefix + name)
+        kwargs[name] = _coerce(value, annotation, prefix + name, source, hint)
     config = cls(**kwargs)
+    check_ranges(config, source, prefix)
     validate = getattr(config, "validate", None)
     if validate:
-        validate()
+        try:
+            validate()
+        except AlignkitError as exc:  # the cross-field checks know no file: name it
+            raise AlignkitError(f"{source}: {exc}") from None
     return config
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise AlignkitError(f"config file {path} is a folder; pass the YAML file inside it")
     if not path.is_file():
         raise AlignkitError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise AlignkitError(f"config file {path}: byte {exc.start} is not UTF-8 text; save the config as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -4,7 +4,7 @@ Every writer in the package goes through here, so a reader never sees half a fil
 model folder: the content is written to a temporary name beside the target and renamed into
 place only once it is complete. Temporary files and folders get the permissions a plain
 `open()` / `mkdir()` would give under the user's umask (`mkstemp` / `mkdtemp` alone make them
-private). Standard library only.
+private). Standard library only, and `alignkit.errors` for the one check that speaks to the user.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from alignkit.errors import AlignkitError
 
 
 def _umask() -> int:
@@ -128,8 +130,6 @@ def truncate_log(path: str | os.PathLike, step: int) -> None:
 def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> None:
     """Refuses an output folder that cannot be one: an existing file, or a path through a file. Called when a
     config is validated, so the mistake shows before any model loads."""
-    from alignkit.errors import AlignkitError  # the one module of ours the ground floor may use
-
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise AlignkitError(f"{key} {path} is an existing file, not a folder; choose a folder (it is created if missing)")

@@ -15,11 +15,14 @@ messages). Preference rows without `prompt` have an implicit prompt: the message
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from alignkit.errors import AlignkitError
-from alignkit.data.load import load_rows
+from alignkit.data.load import Row, load_rows, where
+
+log = logging.getLogger("alignkit")
 
 ROLES = ("system", "user", "assistant", "tool")
 KINDS = ("language_modeling", "prompt_completion", "prompt_only", "preference", "unpaired_preference")
@@ -32,6 +35,7 @@ _TEXT_COLUMNS = {
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired_preference": ("prompt", "completion"),
 }
+_PROBES = ("messages", "chosen", "completion", "prompt")  # the column whose type says standard or conversational
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -61,60 +65,87 @@ def detect_kind(columns) -> str | None:
 
 
 def detect_format(rows: list[dict], source: str = "data") -> DataFormat:
-    """The format of `rows`, judged from the first row; `validate_rows` checks the rest."""
+    """The format of `rows`, judged from the first row (and, for a folder of files, each file's first row);
+    `validate_rows` checks the rest."""
+    starts = _file_starts(rows)
+    fmt = _format_of(rows[starts[0]:starts[1] if len(starts) > 1 else None], source)
+    for start, end in zip(starts[1:], starts[2:] + [len(rows)]):
+        other = _format_of(rows[start:end], source)
+        if other != fmt:
+            raise AlignkitError(f"{source}: {rows[0].source} holds {fmt} rows but {rows[start].source} holds {other} rows; "
+                                f"a folder is read as one dataset, so keep one format per folder (or pass the file you mean)")
+    return fmt
+
+
+def _file_starts(rows: list[dict]) -> list[int]:
+    """Where each file's rows start (rows read from a folder come file after file)."""
+    starts = [0]
+    for index in range(1, len(rows)):
+        if getattr(rows[index], "source", None) != getattr(rows[index - 1], "source", None):
+            starts.append(index)
+    return starts
+
+
+def _format_of(rows: list[dict], source: str) -> DataFormat:
     first = rows[0]
     kind = detect_kind(first)
     if kind is None:
         raise AlignkitError(
-            f"{source} row 1: columns {sorted(first)} fit no known format; expected text/messages, "
+            f"{where(first, source, 1)}: columns {sorted(first)} fit no known format; expected text/messages, "
             f"prompt+completion, prompt, prompt+chosen+rejected or prompt+completion+label"
         )
-    probe = first.get("messages", first.get("chosen", first.get("completion", first.get("prompt"))))
+    probe = next((row[c] for c in _PROBES if c in first for row in rows[:100] if row.get(c) is not None), None)
     return DataFormat(kind, isinstance(probe, list))
 
 
-def _check_messages(value, source: str, number: int, column: str) -> None:
+def _check_messages(value, place: str, column: str) -> None:
     if not value:
-        raise AlignkitError(f"{source} row {number}: column '{column}' is an empty message list")
+        raise AlignkitError(f"{place}: column '{column}' is an empty message list")
     for index, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise AlignkitError(f"{source} row {number}: '{column}' message {index + 1} must be an object with 'role' and 'content'")
+            raise AlignkitError(f"{place}: '{column}' message {index + 1} must be an object with 'role' and 'content'")
         if message["role"] not in ROLES:
-            raise AlignkitError(f"{source} row {number}: '{column}' message {index + 1} has role {message['role']!r}; use one of {', '.join(ROLES)}")
+            raise AlignkitError(f"{place}: '{column}' message {index + 1} has role {message['role']!r}; use one of {', '.join(ROLES)}")
+        if message["content"] is None:
+            raise AlignkitError(f"{place}: '{column}' message {index + 1} content is null; fill it in or remove the row")
         if not isinstance(message["content"], str):
-            raise AlignkitError(f"{source} row {number}: '{column}' message {index + 1} content must be a string")
+            raise AlignkitError(f"{place}: '{column}' message {index + 1} content must be a string, got {type(message['content']).__name__}")
 
 
-def _check_value(row: dict, column: str, conversational: bool, source: str, number: int) -> None:
-    if column not in row or row[column] is None:
-        raise AlignkitError(f"{source} row {number}: missing column '{column}' (columns: {', '.join(sorted(row))})")
+def _check_value(row: dict, column: str, conversational: bool, place: str) -> None:
+    if column not in row:
+        raise AlignkitError(f"{place}: missing column '{column}' (columns: {', '.join(sorted(row))})")
     value = row[column]
+    if value is None:
+        raise AlignkitError(f"{place}: column '{column}' is null; fill it in or remove the row")
     if conversational:
         if not isinstance(value, list):
-            raise AlignkitError(f"{source} row {number}: column '{column}' must be a list of messages like the rows before it, got {type(value).__name__}")
-        _check_messages(value, source, number, column)
+            raise AlignkitError(f"{place}: column '{column}' must be a list of messages like the rows before it, got {type(value).__name__}")
+        _check_messages(value, place, column)
     elif not isinstance(value, str):
-        raise AlignkitError(f"{source} row {number}: column '{column}' must be a string, got {type(value).__name__}")
+        raise AlignkitError(f"{place}: column '{column}' must be a string, got {type(value).__name__}")
 
 
-def _as_bool(value, source: str, number: int) -> bool:
+def _as_bool(value, place: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise AlignkitError(f"{source} row {number}: column 'label' must be true or false, got {value!r}")
+    if value is None:
+        raise AlignkitError(f"{place}: column 'label' is null; set it to true or false, or remove the row")
+    raise AlignkitError(f"{place}: column 'label' must be true or false, got {value!r}")
 
 
-def _as_number(row: dict, column: str, source: str, number: int) -> None:
+def _as_number(row: dict, column: str, place: str) -> None:
     if row.get(column) in (None, ""):
         row.pop(column, None)
         return
     try:
         row[column] = float(row[column])
     except (TypeError, ValueError):
-        raise AlignkitError(f"{source} row {number}: column '{column}' must be a number, got {row[column]!r}") from None
+        raise AlignkitError(f"{place}: column '{column}' must be a number, got {row[column]!r}") from None
 
 
 def split_implicit_prompt(chosen, rejected):
@@ -129,30 +160,90 @@ def split_implicit_prompt(chosen, rejected):
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def _copy(row: dict) -> dict:
+    """A copy to normalise; a `Row` stays a `Row` (its file, number and screening kept)."""
+    if not isinstance(row, Row):
+        return dict(row)
+    copy = Row(row, row.source, row.number, row.line)
+    copy.screening = row.screening
+    return copy
+
+
+def required_columns(row: dict, fmt: DataFormat) -> tuple[str, ...]:
+    """The columns `row` must fill for `fmt` (a preference row's `prompt` only when it has one)."""
+    if fmt.kind == "language_modeling":
+        return ("messages",) if "messages" in row and (row["messages"] is not None or "text" not in row) else ("text",)
+    if fmt.kind == "preference":
+        return ("prompt", "chosen", "rejected") if "prompt" in row else ("chosen", "rejected")
+    return _TEXT_COLUMNS[fmt.kind] + (("label",) if fmt.kind == "unpaired_preference" else ())
+
+
 def validate_rows(rows: list[dict], fmt: DataFormat, source: str = "data") -> list[dict]:
     """Checks every row against `fmt`; returns normalised copies (implicit prompts split, labels as bool)."""
     out = []
     for number, original in enumerate(rows, start=1):
-        row = dict(original)
+        row, place = _copy(original), where(original, source, number)
         if fmt.kind == "language_modeling":
-            column = "messages" if "messages" in row else "text"
-            _check_value(row, column, column == "messages", source, number)
+            column = required_columns(row, fmt)[0]
+            _check_value(row, column, column == "messages", place)
         else:
             columns = _TEXT_COLUMNS[fmt.kind]
             if fmt.kind == "preference" and "prompt" not in row:
-                _check_value(row, "chosen", fmt.conversational, source, number)
-                _check_value(row, "rejected", fmt.conversational, source, number)
+                _check_value(row, "chosen", fmt.conversational, place)
+                _check_value(row, "rejected", fmt.conversational, place)
                 row["prompt"], row["chosen"], row["rejected"] = split_implicit_prompt(row["chosen"], row["rejected"])
                 columns = ("chosen", "rejected")
             for column in columns:
-                _check_value(row, column, fmt.conversational and not (column == "prompt" and isinstance(row.get(column), str)), source, number)
+                _check_value(row, column, fmt.conversational and not (column == "prompt" and isinstance(row.get(column), str)), place)
         if fmt.kind == "unpaired_preference":
-            row["label"] = _as_bool(row.get("label"), source, number)
+            row["label"] = _as_bool(row.get("label"), place)
         for column in ("margin", "strength"):
             if column in row:
-                _as_number(row, column, source, number)
+                _as_number(row, column, place)
         out.append(row)
     return out
+
+
+@dataclass
+class Screening:
+    """What happened to one source's rows when read for training: the rows dropped for null values, by reason.
+
+    `load_dataset` attaches it to every row it returns (`Row.screening`); the first report made from the
+    rows (`TokenizeReport.finish`) counts the drops, so they reach the log and `summary.json` whatever
+    split the rows went to, and `kept` adds up what each report kept.
+    """
+
+    source: str
+    rows: int
+    dropped: dict = field(default_factory=dict)  # reason -> 1-based row numbers
+    taken: bool = False
+    kept: int = 0
+
+    def summary(self) -> str:
+        return "; ".join(f"{reason}: {len(numbers)} (rows {', '.join(map(str, numbers[:5]))}{', ...' if len(numbers) > 5 else ''})"
+                         for reason, numbers in self.dropped.items())
+
+
+def screen_nulls(rows: list[dict], fmt: DataFormat, source: str) -> tuple[list[dict], Screening]:
+    """Rows without a null in a column `fmt` needs, and the `Screening` of those left out.
+
+    A source with no row left is refused, naming the first dropped row.
+    """
+    screening, kept, first = Screening(source, len(rows)), [], None
+    for number, row in enumerate(rows, start=1):
+        null = next((c for c in required_columns(row, fmt) if c in row and row[c] is None), None)
+        if null is None:
+            kept.append(row)
+            continue
+        reason = f"column '{null}' is null"
+        screening.dropped.setdefault(reason, []).append(getattr(row, "number", number))
+        first = first or f"{where(row, source, number).removeprefix(source + ' ')}: {reason}"
+    if not kept:
+        every = f"; all {len(rows)} rows are dropped ({screening.summary()})" if len(rows) > 1 else ""
+        raise AlignkitError(f"no usable rows in {source}: {first}{every}; fill in the values or remove those rows")
+    if screening.dropped:
+        log.warning(f"{source}: {len(rows) - len(kept)} of {len(rows)} rows dropped: {screening.summary()}")
+    return kept, screening
 
 
 def require_kind(fmt: DataFormat, allowed: tuple[str, ...], source: str, stage: str, hint: str = "") -> None:
@@ -162,11 +253,17 @@ def require_kind(fmt: DataFormat, allowed: tuple[str, ...], source: str, stage: 
 
 
 def load_dataset(source, allowed: tuple[str, ...], stage: str, split: str = "train", hint: str = "") -> tuple[list[dict], DataFormat]:
-    """Loads, detects, checks the kind against what `stage` accepts, and validates every row."""
+    """Loads, detects, checks the kind against what `stage` accepts, drops rows with null values (counted, see
+    `Screening`) and validates every other row."""
     rows = load_rows(source, split)
     fmt = detect_format(rows, str(source))
     require_kind(fmt, allowed, str(source), stage, hint)
-    return validate_rows(rows, fmt, str(source)), fmt
+    rows, screening = screen_nulls(rows, fmt, str(source))
+    rows = validate_rows(rows, fmt, str(source))
+    for row in rows:
+        if isinstance(row, Row):
+            row.screening = screening
+    return rows, fmt
 
 
 def preference_to_unpaired(rows: list[dict]) -> list[dict]:
@@ -178,8 +275,11 @@ def preference_to_unpaired(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         extra = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
-        out.append({**extra, "completion": row["chosen"], "label": True})
-        out.append({**extra, "completion": row["rejected"], "label": False})
+        for completion, label in ((row["chosen"], True), (row["rejected"], False)):
+            unpaired = _copy(row)  # keeps a Row's file, number and screening
+            unpaired.clear()
+            unpaired.update({**extra, "completion": completion, "label": label})
+            out.append(unpaired)
     return out
 
 

@@ -7,11 +7,11 @@ Each pair becomes {"prompt_ids", "chosen_ids", "rejected_ids", "margin", "streng
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from alignkit.data.formats import load_dataset
 from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions, is_empty
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit")
@@ -22,13 +22,7 @@ PREFERENCE_HINT = ("; a reward model learns from pairs: give each prompt a `chos
 
 @dataclass
 class PairReport(TokenizeReport):
-    """TokenizeReport with a count per reason (identical pairs, empty responses, too long)."""
-
-    counts: dict = field(default_factory=dict)
-
-    def note(self, reason: str, number: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        super().note(reason, number)
+    """TokenizeReport summarised per reason with counts (identical pairs, empty responses, too long)."""
 
     def summary(self, source: str = "data") -> str:
         text = f"{source}: {self.kept}/{self.rows} pairs kept, {self.truncated} truncated, {self.dropped} dropped"
@@ -37,30 +31,21 @@ class PairReport(TokenizeReport):
             text += f"; {reason}: {count} (rows {', '.join(map(str, rows))}{'...' if count > len(rows) else ''})"
         return text
 
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "reasons": dict(self.counts)}
-
-
-def _is_empty(response) -> bool:
-    if isinstance(response, str):
-        return not response.strip()
-    return all(not str(m.get("content", "")).strip() for m in response)
-
 
 def screen_pair(row: dict, number: int, config, source: str, report: PairReport) -> bool:
     """Whether to keep a pair, by `identical_pairs` and `empty_responses`; every case is counted in `report`."""
     checks = (("identical_pairs", row["chosen"] == row["rejected"], "chosen identical to rejected"),
-              ("empty_responses", _is_empty(row["chosen"]) or _is_empty(row["rejected"]), "empty response"))
+              ("empty_responses", is_empty(row["chosen"]) or is_empty(row["rejected"]), "empty response"))
     for key, failed, what in checks:
         if not failed:
             continue
         action = getattr(config, key)
         if action == "error":
             raise AlignkitError(f"{source} row {number}: {what}; fix the row, or set `{key}: drop` (or keep) to continue")
-        report.note(f"{what} ({'dropped' if action == 'drop' else 'kept'})", number)
         if action == "drop":
-            report.dropped += 1
+            report.drop(f"{what} (dropped)", number)
             return False
+        report.note(f"{what} (kept)", number)
     return True
 
 
@@ -79,15 +64,14 @@ def tokenize_pairs(numbered_rows: list[tuple[int, dict]], tokenizer, config, sou
         prompt_ids, (chosen, rejected) = encode_completions(tokenizer, row["prompt"], [row["chosen"], row["rejected"]])
         if len(prompt_ids) + max(len(chosen), len(rejected)) > config.max_length:
             if config.truncation_mode == "drop":
-                report.dropped += 1
-                report.note(f"longer than max_length={config.max_length} (dropped)", number)
+                report.drop(f"longer than max_length={config.max_length} (dropped)", number)
                 continue
             prompt_ids, (chosen, rejected), _ = fit_prompt_completions(prompt_ids, [chosen, rejected], config.max_length, config.truncation_side)
             report.truncated += 1
             report.note(f"longer than max_length={config.max_length} (truncated)", number)
         examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "row": number,
                          "margin": row.get("margin", 0.0) if config.use_margin else 0.0, "strength": row.get("strength")})
-    report.kept = len(examples)
+    report.finish([row for _, row in numbered_rows], len(examples), source)
     return examples, report
 
 

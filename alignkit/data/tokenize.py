@@ -17,6 +17,7 @@ Too-long rows are truncated on the prompt side (`truncation_side`) or dropped
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from alignkit.data.formats import DataFormat
@@ -25,18 +26,57 @@ from alignkit.errors import AlignkitError
 
 @dataclass
 class TokenizeReport:
-    """What happened to the rows: nothing is dropped or cut silently."""
+    """What happened to the rows: nothing is dropped or cut silently.
+
+    `counts` holds how many rows each reason touched (dropped or truncated), `examples` the first few
+    1-based row numbers (the row in its file when the rows came from `load_dataset`); `as_dict()` is
+    what `summary.json` reports as `data`.
+    """
 
     rows: int = 0
     kept: int = 0
     truncated: int = 0
     dropped: int = 0
     examples: dict = field(default_factory=dict)  # reason -> first few 1-based row numbers
+    counts: dict = field(default_factory=dict)  # reason -> rows
 
     def note(self, reason: str, number: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(number)
+
+    def drop(self, reason: str, number: int) -> None:
+        self.dropped += 1
+        self.note(reason, number)
+
+    def finish(self, rows: list, kept: int, source: str = "data") -> None:
+        """Sets `kept` once `rows` are tokenized, counts the rows their source lost when read (see `formats.Screening`;
+        in the first report made from that source), and refuses rows of which none is usable.
+
+        A held-out split whose every row was dropped is let through when the training rows of its file were not.
+        """
+        self.kept = kept
+        screening = getattr(rows[0], "screening", None) if rows else None
+        if screening is not None and not screening.taken:
+            screening.taken = True
+            for reason, numbers in screening.dropped.items():
+                self.rows += len(numbers)
+                for number in numbers:
+                    self.drop(reason, number)
+        if screening is not None:
+            screening.kept += kept
+        if rows and not kept and not (screening is not None and screening.kept):
+            source = screening.source if screening is not None else source
+            raise AlignkitError(f"no usable rows in {source}: every row read was dropped ({self.reasons()}); fix or remove those rows")
+
+    def reasons(self) -> str:
+        """`reason: rows 1, 2, 3; other reason: rows 4, ...` from `examples` (file rows, in order)."""
+        parts = []
+        for reason, rows in self.examples.items():
+            more = f", ... ({self.counts[reason]} in all)" if self.counts.get(reason, 0) > len(rows) else ""
+            parts.append(f"{reason}: rows {', '.join(map(str, sorted(set(rows))))}{more}")
+        return "; ".join(parts)
 
     def summary(self, source: str = "data") -> str:
         text = f"{source}: {self.kept}/{self.rows} rows kept"
@@ -44,12 +84,47 @@ class TokenizeReport:
             text += f", {self.truncated} truncated to max_length"
         if self.dropped:
             text += f", {self.dropped} dropped"
-        for reason, rows in self.examples.items():
-            text += f"; {reason}: rows {', '.join(map(str, rows))}{'...' if len(rows) == 5 else ''}"
-        return text
+        return text + (f"; {self.reasons()}" if self.examples else "")
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
+        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped, "reasons": dict(self.counts)}
+
+
+def row_number(row: dict, position: int) -> int:
+    """The row's 1-based number in its file when it knows it (`load.Row`), else its `position` in the list."""
+    return getattr(row, "number", 0) or position
+
+
+def is_empty(response) -> bool:
+    """No text: an empty or blank string, or messages whose contents all are."""
+    if isinstance(response, str):
+        return not response.strip()
+    return all(not str(m.get("content") or "").strip() for m in response)
+
+
+def unpaired_problems(rows: list[dict]) -> dict[int, str]:
+    """{1-based position: reason} of unpaired (KTO) rows that teach nothing: an empty completion, or a prompt and
+    completion that also appear with the opposite label (what a pair with chosen identical to rejected becomes)."""
+    keys = [json.dumps([row["prompt"], row["completion"]], sort_keys=True, default=str) for row in rows]
+    labels: dict[str, set] = {}
+    for key, row in zip(keys, rows):
+        labels.setdefault(key, set()).add(bool(row["label"]))
+    problems = {}
+    for position, (key, row) in enumerate(zip(keys, rows), 1):
+        if is_empty(row["completion"]):
+            problems[position] = "empty completion"
+        elif len(labels[key]) > 1:
+            problems[position] = "same prompt and completion labelled both desirable and undesirable"
+    return problems
+
+
+def pair_problem(chosen, rejected) -> str | None:
+    """Why a preference pair teaches nothing (its reason in a report), or None."""
+    if chosen == rejected:
+        return "chosen identical to rejected"
+    if is_empty(chosen) or is_empty(rejected):
+        return "empty chosen or rejected response"
+    return None
 
 
 def as_messages(value, role: str) -> list[dict]:
@@ -156,37 +231,53 @@ def truncate(ids: list[int], mask: list[int], max_length: int, side: str) -> tup
     return ids[:max_length], mask[:max_length]
 
 
+def _empty_answer(row: dict, fmt: DataFormat) -> str | None:
+    """Why an SFT row has nothing to learn although it has an answer column, or None."""
+    if fmt.kind == "language_modeling" and "text" in row and "messages" not in row:
+        return "empty text" if is_empty(row["text"]) else None
+    if fmt.kind == "language_modeling":
+        answers = [m for m in row["messages"] if m["role"] == "assistant"]
+        return "empty assistant turns" if answers and is_empty(answers) else None
+    completion = row["completion"]
+    answers = completion if isinstance(completion, str) else [m for m in completion if m["role"] == "assistant"] or completion
+    return "empty completion" if is_empty(answers) else None
+
+
 def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, truncation_side: str = "left",
                  truncation_mode: str = "truncate", use_template: bool = True) -> tuple[list[dict], TokenizeReport]:
     """SFT examples `{"input_ids", "loss_mask"}` and the report of what was cut or dropped."""
     report = TokenizeReport(rows=len(rows))
-    rendered = [row_to_text(tokenizer, row, fmt, use_template) for row in rows]
-    encoded = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    usable = []
+    for position, row in enumerate(rows, 1):
+        empty = _empty_answer(row, fmt)
+        if empty:
+            report.drop(empty, row_number(row, position))
+        else:
+            usable.append((row_number(row, position), row))
+    rendered = [row_to_text(tokenizer, row, fmt, use_template) for _, row in usable]
+    encoded = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True) if rendered else {}
     examples = []
-    for number, ((_, spans, ends_in_eos), ids, offsets) in enumerate(zip(rendered, encoded["input_ids"], encoded["offset_mapping"]), 1):
+    for (number, _), (_, spans, ends_in_eos), ids, offsets in zip(usable, rendered, encoded.get("input_ids", []), encoded.get("offset_mapping", [])):
         mask = spans_to_mask(offsets, spans)
         if mask:
             mask[0] = 0  # the first token has no predecessor to predict it from
         if not ends_in_eos and tokenizer.eos_token_id is not None and spans:
             ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
         if not any(mask):
-            report.dropped += 1
-            report.note("nothing to learn (no assistant turn or empty completion)", number)
+            report.drop("nothing to learn (no assistant turn)", number)
             continue
         if len(ids) > max_length:
             if truncation_mode == "drop":
-                report.dropped += 1
-                report.note(f"longer than max_length={max_length}", number)
+                report.drop(f"longer than max_length={max_length}", number)
                 continue
             ids, mask = truncate(ids, mask, max_length, truncation_side)
             report.truncated += 1
             report.note(f"truncated to max_length={max_length}", number)
             if not any(mask):
-                report.dropped += 1
-                report.note("nothing left to learn after truncation", number)
+                report.drop("nothing left to learn after truncation", number)
                 continue
         examples.append({"input_ids": list(ids), "loss_mask": mask})
-    report.kept = len(examples)
+    report.finish(rows, len(examples))
     return examples, report
 
 
@@ -235,8 +326,7 @@ def fit_or_drop(prompt_ids: list[int], completions: list[list[int]], max_length:
     either case is counted in `report` against row `number`."""
     prompt_ids, completions, truncated = fit_prompt_completions(prompt_ids, completions, max_length, side)
     if truncated and mode == "drop":
-        report.dropped += 1
-        report.note(f"longer than max_length={max_length}", number)
+        report.drop(f"longer than max_length={max_length}", number)
         return None
     if truncated:
         report.truncated += 1

@@ -24,7 +24,10 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         for candidate in (path, path / "model", path / "adapter"):  # a model folder, or an alignkit run directory
-            if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
+            configs = [candidate / c for c in ("config.json", "adapter_config.json") if (candidate / c).is_file()]
+            if configs:
+                for config in configs:  # a damaged one is named here, not reported as a missing hub model later
+                    read_json_config(config)
                 return str(candidate)
         raise AlignkitError(f"model directory {name} holds no config.json or adapter_config.json (nor model/ inside); point to a saved model")
     if path.exists():
@@ -32,16 +35,77 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id; from_pretrained reports whether it exists
 
 
-def _hub_error(name: str, exc: Exception) -> AlignkitError:
+def read_json_config(path: Path) -> dict:
+    """A model folder's config.json (or adapter_config.json) as a dict; a damaged one is refused naming the file."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AlignkitError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); restore it from where the model came from, "
+                            f"or save the model again") from None
+    except UnicodeDecodeError:
+        raise AlignkitError(f"{path} is not UTF-8 text; restore it from where the model came from, or save the model again") from None
+    if not isinstance(config, dict):
+        raise AlignkitError(f"{path} must hold a JSON object, got {type(config).__name__}; restore it from where the model came from")
+    return config
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file, judged from its header and size (the tensors are not read), or None.
+
+    The format: 8 bytes giving the header length N, N bytes of JSON header whose entries give each tensor's
+    `data_offsets`, then the tensor bytes; a file shorter than the header says was cut off in a copy or download.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else 0
+        if size < 8 or length > size - 8:
+            return f"truncated or not a safetensors file ({size:,} bytes, shorter than its own header)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "corrupt (its header is not a valid safetensors header)"
+    if 8 + length + end > size:
+        return f"truncated: {size:,} bytes where its header describes {8 + length + end:,}"
+    return None
+
+
+def check_model_files(path: str) -> None:
+    """Refuses a local model folder with a damaged config or a truncated or corrupt .safetensors file, before loading."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for config in ("config.json", "adapter_config.json"):
+        if (folder / config).is_file():
+            read_json_config(folder / config)
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise AlignkitError(f"{weights} is {problem}; copy, download or save the model again")
+
+
+def _hub_error(name: str, exc: Exception, path: str = "") -> AlignkitError:
+    """The error for a model `name` (resolved to `path`) that from_pretrained could not load."""
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    if path and Path(path).is_dir():
+        return AlignkitError(f"model folder {path} could not be loaded ({reason}); check that it holds a complete saved model")
     aliases = ", ".join(ALIASES)
     return AlignkitError(
         f"model '{name}' was not found: it is not a local directory, not an alias ({aliases}), "
-        f"and loading it as a hub id failed ({str(exc).splitlines()[0][:160]})"
+        f"and loading it as a hub id failed ({reason})"
     )
 
 
 def is_adapter_dir(path: str) -> bool:
     return Path(path, "adapter_config.json").is_file() and not Path(path, "config.json").is_file()
+
+
+def adapter_base(path: str) -> str:
+    """The base model an adapter folder names in adapter_config.json (`base_model_name_or_path`)."""
+    base = read_json_config(Path(path, "adapter_config.json")).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise AlignkitError(f"{Path(path, 'adapter_config.json')} names no base model (base_model_name_or_path); add it, or point to a full model")
+    return base
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -50,11 +114,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
     path = resolve_model_path(name)
     if is_adapter_dir(path) and not Path(path, "tokenizer_config.json").is_file():
-        path = json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
+        path = resolve_model_path(adapter_base(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise _hub_error(name, exc) from None
+        raise _hub_error(name, exc, path) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -63,15 +127,24 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def check_safe_weights(path: str, allow_unsafe_pickle: bool) -> None:
-    """Refuses a local model folder whose weights exist only as pickles, which can run code when loaded."""
+def check_safe_weights(path: str, allow_unsafe_pickle: bool, what: str = "") -> None:
+    """Refuses a local model folder whose weights exist only as pickles, which can run code when loaded.
+
+    An adapter folder's base model is checked too: every model a run loads falls under the rule.
+    `what` says which model `path` is in the message (e.g. an adapter's base).
+    """
     folder = Path(path)
-    if not folder.is_dir() or allow_unsafe_pickle or any(folder.glob("*.safetensors")):
+    if not folder.is_dir() or allow_unsafe_pickle:
+        return
+    if is_adapter_dir(path):
+        base = resolve_model_path(adapter_base(path))
+        check_safe_weights(base, allow_unsafe_pickle, f" (the base model named in {folder / 'adapter_config.json'})")
+    if any(folder.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise AlignkitError(
-            f"{path} holds pickle-based weights ({', '.join(pickles[:3])}), which can run arbitrary code when loaded; "
+            f"{path}{what} holds pickle-based weights ({', '.join(pickles[:3])}), which can run arbitrary code when loaded; "
             f"convert them to safetensors, or pass --allow_unsafe_pickle true if you trust their source"
         )
 
@@ -89,18 +162,20 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     if dtype not in DTYPES:
         raise AlignkitError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     check_safe_weights(path, allow_unsafe_pickle)
-    if not allow_unsafe_pickle and not Path(path).is_dir():
-        kwargs.setdefault("use_safetensors", True)  # a hub id: never fall back to pickles
+    base = resolve_model_path(adapter_base(path)) if is_adapter_dir(path) else path
+    for folder in dict.fromkeys((path, base)):
+        check_model_files(folder)
+    if not allow_unsafe_pickle and not Path(base).is_dir():
+        kwargs.setdefault("use_safetensors", True)  # a hub id (or an adapter's hub base): never fall back to pickles
     try:
         if is_adapter_dir(path):
             from peft import PeftModel
 
-            base = json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
-            model = model_class.from_pretrained(resolve_model_path(base), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs)
+            model = model_class.from_pretrained(base, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs)
             return PeftModel.from_pretrained(model, path, is_trainable=True)
         return model_class.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs)
     except OSError as exc:
-        raise _hub_error(name, exc) from None
+        raise _hub_error(name, exc, path) from None
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str], task_type: str = "CAUSAL_LM", modules_to_save=None):

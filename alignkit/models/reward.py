@@ -45,7 +45,10 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.models.load import DTYPES, add_lora, is_adapter_dir, load_causal_lm, load_tokenizer, resolve_model_path
+from alignkit.models.load import (
+    DTYPES, adapter_base, add_lora, check_model_files, check_safe_weights, is_adapter_dir, load_causal_lm, load_tokenizer, read_json_config,
+    resolve_model_path,
+)
 from alignkit.models.logprobs import final_hidden_states
 from alignkit.models.sequences import collate_sequences
 from alignkit.models.wrapping import disable_dropout, unwrap
@@ -64,7 +67,7 @@ def _is_reward_checkpoint(path: str) -> bool:
     config = Path(path, "config.json")
     if not config.is_file():
         return False
-    architectures = json.loads(config.read_text()).get("architectures") or []
+    architectures = read_json_config(config).get("architectures") or []
     return any(a.endswith("ForSequenceClassification") for a in architectures)
 
 
@@ -113,7 +116,7 @@ def load_reward_backbone(args):
     base = unwrap(model)
     if not hasattr(base, "score"):
         raise AlignkitError(f"{args.model}: {type(base).__name__} has no `score` head; reward models need a decoder with a sequence-classification class (Llama, Qwen, Mistral, ...)")
-    head_path = json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"] if is_adapter_dir(path) else path
+    head_path = resolve_model_path(adapter_base(path)) if is_adapter_dir(path) else path
     if not _is_reward_checkpoint(head_path):
         hidden = base.score.weight.shape[1]
         with torch.no_grad():
@@ -162,14 +165,18 @@ def ensemble_layout(path: str | Path) -> tuple[list[str], list[float], float, di
     root = Path(path).expanduser()
     if not (root / ENSEMBLE_FILE).is_file():
         return None
-    spec = json.loads((root / ENSEMBLE_FILE).read_text())
-    means = [m["mean"] for m in spec["members"]]
-    offsets = [mean - sum(means) / len(means) for mean in means]
-    return [str(root / m["path"]) for m in spec["members"]], offsets, spec.get("k", 1.0), spec["normalization"]
+    spec = read_json_config(root / ENSEMBLE_FILE)
+    try:
+        means = [float(m["mean"]) for m in spec["members"]]
+        offsets = [mean - sum(means) / len(means) for mean in means]
+        return [str(root / m["path"]) for m in spec["members"]], offsets, spec.get("k", 1.0), spec["normalization"]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise AlignkitError(f"{root / ENSEMBLE_FILE} is not an ensemble description (members with path and mean, normalization); "
+                            f"train the ensemble again with `alignkit reward --ensemble K`") from None
 
 
 def read_reward_stats(path: str | Path) -> dict:
-    config = json.loads(Path(path, "config.json").read_text())
+    config = read_json_config(Path(path, "config.json"))
     return config.get(CONFIG_KEY) or {}
 
 
@@ -204,8 +211,10 @@ class RewardModel:
     path: str = ""
 
     @classmethod
-    def load(cls, path: str, device="cpu", dtype="float32", bf16=True) -> "RewardModel":
-        """A reward-model directory, a reward run directory (its `model/`), or an ensemble directory."""
+    def load(cls, path: str, device="cpu", dtype="float32", bf16=True, allow_unsafe_pickle: bool = False) -> "RewardModel":
+        """A reward-model directory, a reward run directory (its `model/`), or an ensemble directory.
+
+        Each member folder is checked first (config, truncated weights, pickle-only weights), as every model a run loads."""
         from transformers import AutoModelForSequenceClassification
 
         layout = ensemble_layout(path)
@@ -219,10 +228,17 @@ class RewardModel:
         for member in dirs:
             if is_adapter_dir(member) or not Path(member, "config.json").is_file():
                 raise AlignkitError(f"{member} is not a reward model directory (no config.json); point to `<run>/model` or an ensemble directory")
+            check_model_files(member)
             if not _is_reward_checkpoint(member):
-                raise AlignkitError(f"{member} holds a {json.loads(Path(member, 'config.json').read_text()).get('architectures')} model, not a reward model; train one with `alignkit reward`")
-            with _quiet_loading():
-                members.append(AutoModelForSequenceClassification.from_pretrained(member, dtype=DTYPES[dtype]).to(device).eval())
+                raise AlignkitError(f"{member} holds a {read_json_config(Path(member, 'config.json')).get('architectures')} model, not a reward model; train one with `alignkit reward`")
+            check_safe_weights(member, allow_unsafe_pickle)
+            try:
+                with _quiet_loading():
+                    members.append(AutoModelForSequenceClassification.from_pretrained(
+                        member, dtype=DTYPES[dtype], use_safetensors=None if allow_unsafe_pickle else True).to(device).eval())
+            except OSError as exc:
+                raise AlignkitError(f"reward model folder {member} could not be loaded ({str(exc).splitlines()[0][:160]}); "
+                                    f"check that it holds a complete saved model") from None
         stats = read_reward_stats(dirs[0])
         if normalization is None:
             normalization = {"mean": stats.get("mean", 0.0), "std": stats.get("std", 1.0)}

@@ -34,6 +34,7 @@ import importlib.util
 import json
 import math
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ import torch
 from alignkit.errors import AlignkitError
 from alignkit.models.reward import RewardModel
 from alignkit.http import check_url, post_json
+from alignkit.rl.reward_specs import SOURCE_KEYS, check_reward_specs
 
 FUNCTION_ALIASES = {"hhh-mini-gold": "alignkit.data.tasks.hhh_mini:gold_rewards"}
 
@@ -77,23 +79,43 @@ def resolve_function(spec: str) -> Callable:
     module_name, _, name = spec.rpartition(":")
     if not module_name or not name:
         raise AlignkitError(f"reward function {spec!r} must look like module:function or path/file.py:function")
+    if module_name.endswith(".py") and not Path(module_name).is_file():
+        raise AlignkitError(f"reward function file {module_name} does not exist")
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise AlignkitError(f"reward function file {path} does not exist")
-            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[path.stem] = module
-            loader_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
+        module = _import_reward_module(module_name)
+    except SyntaxError as exc:  # also a file that is not UTF-8 text
+        file = exc.filename or module_name
+        named = f"reward function file {file}" if module_name.endswith(".py") else f"reward function {spec}: {file}"
+        raise AlignkitError(f"{named} line {exc.lineno}: {exc.msg}; fix the file (`python -m py_compile {file}` shows the spot)") from None
     except ImportError as exc:
         raise AlignkitError(f"reward function {spec}: cannot import {module_name} ({exc}); check the module path and PYTHONPATH") from None
+    except AlignkitError:
+        raise
+    except Exception as exc:  # the user's module failed while running its top level: say where
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(module_name.replace(".", "/") + ".py")
+                  or f.filename == str(Path(module_name).resolve())]
+        where = f" at line {frames[-1].lineno}" if frames else ""
+        raise AlignkitError(f"reward function {spec}: loading {module_name} raised {type(exc).__name__}{where}: {exc}; fix the file") from None
     function = getattr(module, name, None)
     if not callable(function):
         raise AlignkitError(f"reward function {spec}: {module_name} has no function {name!r}")
     return function
+
+
+def _import_reward_module(module_name: str):
+    """The module `module_name` (dotted, or a path to a .py file, imported under its stem); a failed file import leaves no trace in sys.modules."""
+    if not module_name.endswith(".py"):
+        return importlib.import_module(module_name)
+    path = Path(module_name)
+    loader_spec = importlib.util.spec_from_file_location(path.stem, path.resolve())
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[path.stem] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(path.stem, None)
+        raise
+    return module
 
 
 class FunctionReward:
@@ -198,18 +220,15 @@ class ModelReward:
         return _check_values(values, len(responses), f"model {self.name}")
 
 
-def _from_spec(cls, spec: dict, allowed: set, renames: dict | None = None):
-    unknown = set(spec) - allowed - {"type", "weight"}
-    if unknown:
-        raise AlignkitError(f"reward source {spec.get('type')!r}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed | {'type', 'weight'})}")
-    kwargs = {(renames or {}).get(k, k): v for k, v in spec.items() if k in allowed}
-    return cls(**kwargs)
+def _from_spec(cls, spec: dict, kind: str):
+    """A source from its spec, already checked by `check_reward_specs` (keys, required key, numbers)."""
+    return cls(**{k: v for k, v in spec.items() if k in SOURCE_KEYS[kind]})
 
 
 REWARD_SOURCES = {
-    "model": lambda spec: _from_spec(ModelReward, spec, {"path", "conservative_k", "batch_size", "standardize", "bf16", "device"}),
-    "function": lambda spec: _from_spec(FunctionReward, spec, {"function", "name"}),
-    "http": lambda spec: _from_spec(HTTPReward, spec, {"url", "timeout", "retries", "backoff"}),
+    "model": lambda spec: _from_spec(ModelReward, spec, "model"),
+    "function": lambda spec: _from_spec(FunctionReward, spec, "function"),
+    "http": lambda spec: _from_spec(HTTPReward, spec, "http"),
 }
 
 
@@ -311,10 +330,9 @@ class Rewards:
 
 def build_rewards(specs: list[dict], normalize: bool = False, clip: float = 0.0, on_invalid: str = "skip") -> Rewards:
     """`Rewards` from a list of source specs ({type, weight, ...}); see the module docstring."""
+    check_reward_specs(specs)  # every entry, before the first source loads a model
     sources = []
-    for number, spec in enumerate(specs, 1):
-        if not isinstance(spec, dict) or spec.get("type") not in REWARD_SOURCES:
-            raise AlignkitError(f"rewards entry {number} must be a mapping with type: {' | '.join(REWARD_SOURCES)}; got {spec!r}")
+    for spec in specs:
         source = REWARD_SOURCES[spec["type"]](spec)
         sources.append((source.name, source, float(spec.get("weight", 1.0))))
     return Rewards(sources, normalize, clip, on_invalid)
