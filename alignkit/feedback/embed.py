@@ -36,7 +36,7 @@ def _load():
     from transformers import AutoModel, AutoTokenizer
 
     path = embedding_model_path()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, use_safetensors=True).eval()  # never pickle
 
 
 def embed_texts(texts: list[str], batch_size: int = 64, max_length: int = 256) -> np.ndarray:

@@ -30,7 +30,7 @@ def as_text(value) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in value)
+        return "\n".join(str(m.get("content") or "") if isinstance(m, dict) else str(m) for m in value)  # null content: empty
     return str(value)
 
 

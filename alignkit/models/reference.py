@@ -167,7 +167,8 @@ def resolve_strategy(config) -> str:
 
 def load_reference_model(config, accelerator):
     """The frozen reference model: `reference_model`, or a fresh load of the starting `model`."""
-    model = load_causal_lm(config.reference_model or config.model, config.dtype, config.trust_remote_code)
+    model = load_causal_lm(config.reference_model or config.model, config.dtype, config.trust_remote_code,
+                           allow_unsafe_pickle=config.allow_unsafe_pickle)
     return model.to(accelerator.device).eval().requires_grad_(False)
 
 

@@ -111,8 +111,8 @@ def load_critic(path: str, args, zero_head: bool, standardize: bool = False) -> 
 
 
     directory, stats = _critic_source(path)
-    model = load_causal_lm(directory, args.dtype, args.trust_remote_code,
-                           model_class=AutoModelForSequenceClassification, num_labels=1)
+    model = load_causal_lm(directory, args.dtype, args.trust_remote_code, model_class=AutoModelForSequenceClassification,
+                           allow_unsafe_pickle=args.allow_unsafe_pickle, num_labels=1)
     model = unwrap(model)
     head = getattr(model, "score", None)
     if head is None:

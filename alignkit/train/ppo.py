@@ -54,6 +54,7 @@ def load_prompts(source: str, split: str, config, tokenizer, stage: str, limit: 
     rows, fmt = load_dataset(source, PROMPT_KINDS, stage, split, hint="; online RL needs rows with a `prompt` column")
     rows = rows[:limit] if limit else rows
     ids, kept, report = encode_prompts(tokenizer, [r["prompt"] for r in rows], config.max_prompt_length, config.truncation_mode)
+    report.finish(rows, report.kept, source)  # the rows reading dropped (null prompts, ...) join the report, counted per reason
     log.info(report.summary(f"{source} ({fmt})"))
     if not kept:
         raise AlignkitError(f"{source}: no prompt fits max_prompt_length={config.max_prompt_length}; raise it or use truncation_mode: truncate")
