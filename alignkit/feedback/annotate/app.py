@@ -183,6 +183,25 @@ def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_by
     addresses = RateLimiter(address_rate_per_s, address_burst, max_tracked)
     app.state.limiters = {"tokens": tokens, "addresses": addresses}
 
+    _limit_requests(app, tokens, addresses, max_body_bytes)
+    _error_responses(app)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page():
+        return FileResponse(STATIC / "admin.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _annotator_routes(app, store, annotator, guidelines)
+    _admin_routes(app, store, admin)
+    return app
+
+
+def _limit_requests(app: FastAPI, tokens: RateLimiter, addresses: RateLimiter, max_body_bytes: int) -> None:
+    """Body-size and rate limits (per token; per client address until a token has authenticated), and security headers."""
     @app.middleware("http")
     async def limits(request: Request, call_next):
         if _body_too_large(request, max_body_bytes):
@@ -210,6 +229,9 @@ def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_by
             response.headers["Cache-Control"] = "no-store"
         return response
 
+
+def _error_responses(app: FastAPI) -> None:
+    """Every failure answers JSON: a user error 400, an out-of-range number 400, anything else 500 (never a reset connection)."""
     @app.exception_handler(AlignkitError)
     def user_error(request: Request, exc: AlignkitError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -221,16 +243,3 @@ def create_app(store: Store, admin_token: str, guidelines: str = "", max_body_by
     @app.exception_handler(Exception)
     def server_error(request: Request, exc: Exception):
         return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
-
-    @app.get("/", include_in_schema=False)
-    def index():
-        return FileResponse(STATIC / "index.html")
-
-    @app.get("/admin", include_in_schema=False)
-    def admin_page():
-        return FileResponse(STATIC / "admin.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _annotator_routes(app, store, annotator, guidelines)
-    _admin_routes(app, store, admin)
-    return app
