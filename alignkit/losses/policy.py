@@ -1,4 +1,4 @@
-"""Policy-gradient surrogates: PPO-clip and the plain REINFORCE surrogate.
+"""Policy-gradient surrogates: PPO-clip, the plain REINFORCE surrogate and GSPO's sequence-level clip.
 
 PPO-clip (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7),
 per token with rho = pi(y_t) / pi_old(y_t):
@@ -9,6 +9,11 @@ per token with rho = pi(y_t) / pi_old(y_t):
 
 REINFORCE (Williams 1992): L = -A * log pi(y_t). At rho = 1 (the first pass over a
 fresh rollout) both surrogates have the same gradient, -A * grad log pi.
+
+GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 5-7): one importance ratio
+per response, the geometric mean of its token ratios,
+s_i = exp(mean_t log(pi(y_t) / pi_old(y_t))), clipped like PPO's and applied to every token of
+the response, so a response is kept or clipped whole instead of token by token.
 
 How per-token losses become one number is a choice that changed between papers, so
 it is a table (`AGGREGATIONS`):
@@ -117,4 +122,35 @@ def reinforce_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: tor
     return loss, {"policy/loss": loss.detach(), "policy/clipfrac": logps.new_zeros(()), **_ratio_metrics(log_ratio, mask)}
 
 
-POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "reinforce": reinforce_loss}
+def gspo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              clip_range: float = 0.2, clip_range_high: float | None = None, aggregation: str = "sequence_mean",
+              num_tokens=None, num_sequences=None, max_tokens=None):
+    """GSPO's sequence-level clipped surrogate, to be minimised (Zheng et al. 2025, eq. 5-7).
+
+    Args as `ppo_clip_loss`; `aggregation` defaults to sequence_mean, the paper's 1/G sum over
+    responses of their token means. The paper's clip ranges are far smaller than PPO's (3e-4 and
+    4e-4): a sequence ratio moves much less than a token's. Per response i with its token mean
+    `lbar_i = mean_t (log pi - log pi_old)` over the mask, s_i = exp(lbar_i), and every token of i
+    gets -min(s_i * A, clip(s_i, 1 - eps_low, 1 + eps_high) * A). The gradient of s_i reaches every
+    token's log pi through the mean, as in the paper's eq. 10.
+
+    Returns:
+        loss, {"policy/loss", "policy/approx_kl", "policy/clipfrac", "policy/ratio"}; clipfrac is
+        the share of response tokens whose response was clipped.
+    """
+    mask = mask.to(logps.dtype)
+    advantages = _broadcast(advantages, logps)
+    high = clip_range if clip_range_high is None else clip_range_high
+    log_ratio = (logps - old_logps).clamp(-20.0, 20.0)  # (B, T)
+    lengths = mask.sum(-1).clamp(min=1)  # (B,)
+    sequence_log_ratio = (log_ratio * mask).sum(-1) / lengths  # (B,)
+    ratio = sequence_log_ratio.exp()[:, None].expand_as(logps)  # (B, T): s_i at every token of response i
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    loss = aggregate_tokens(per_token, mask, aggregation, num_tokens, num_sequences, max_tokens)
+    clipfrac = ((clipped < unclipped).to(logps.dtype) * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"policy/loss": loss.detach(), "policy/clipfrac": clipfrac.detach(), **_ratio_metrics(log_ratio.detach(), mask)}
+
+
+POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "reinforce": reinforce_loss, "gspo": gspo_loss}

@@ -19,6 +19,11 @@ Conventions (as in OpenRLHF and TRL):
     grpo                (r - mean_group) / (std_group + 1e-4) (Shao et al. 2024, eq. 3;
                         std with Bessel's correction as TRL); scale_rewards=False drops
                         the division (Dr. GRPO, Liu et al. 2025).
+    reinforce_pp        REINFORCE++ (Hu 2025): no baseline, the KL penalty in the per-token
+                        rewards, then the advantages normalised over the whole batch's tokens
+                        (global, not per group), whatever `whiten_advantages` says.
+    reinforce_pp_baseline  REINFORCE++-baseline: the group mean subtracted first (no division by
+                        the group std), then the same global normalisation.
 Samples marked invalid (reward skipped, response masked out) get advantage 0 and are
 left out of every baseline and statistic.
 """
@@ -132,6 +137,12 @@ def leave_one_out_baseline(inputs: AdvantageInputs) -> torch.Tensor:
     return shaped.flatten()
 
 
+def group_mean_baseline(inputs: AdvantageInputs) -> torch.Tensor:
+    scores, v, n = _grouped(inputs)
+    mean = (scores * v).sum(-1, keepdim=True) / n.clamp(min=1)
+    return torch.where(n > 1, scores - mean, torch.zeros_like(scores)).flatten()
+
+
 def group_normalised(inputs: AdvantageInputs) -> torch.Tensor:
     scores, v, n = _grouped(inputs)
     mean = (scores * v).sum(-1, keepdim=True) / n.clamp(min=1)
@@ -152,6 +163,17 @@ def _critic_free(baseline):
     return estimator
 
 
+def _globally_normalised(baseline):
+    critic_free = _critic_free(baseline)
+
+    def estimator(inputs: AdvantageInputs):
+        advantages, returns = critic_free(inputs)
+        mask = inputs.mask * _valid(inputs)[:, None].to(inputs.mask.dtype)
+        return whiten(advantages, mask), returns  # over every valid token of the batch (Hu 2025, sec. 3)
+    estimator.__doc__ = f"REINFORCE++: `{baseline.__name__}`-shaped returns, normalised over the whole batch."
+    return estimator
+
+
 def gae_estimator(inputs: AdvantageInputs):
     if inputs.values is None:
         raise ValueError("the gae estimator needs values; configure a value model")
@@ -166,9 +188,11 @@ ESTIMATORS = {
     "reinforce_baseline": _critic_free(batch_mean_baseline),
     "rloo": _critic_free(leave_one_out_baseline),
     "grpo": _critic_free(group_normalised),
+    "reinforce_pp": _globally_normalised(no_baseline),
+    "reinforce_pp_baseline": _globally_normalised(group_mean_baseline),
 }
 NEEDS_VALUES = {"gae"}
-NEEDS_GROUPS = {"rloo", "grpo"}
+NEEDS_GROUPS = {"rloo", "grpo", "reinforce_pp_baseline"}
 
 
 def compute_advantages(estimator: str, inputs: AdvantageInputs, whiten_advantages: bool = False):

@@ -21,7 +21,9 @@ import torch
 from alignkit.losses.kl import kl_per_token
 from alignkit.rl.advantages import AdvantageInputs, compute_advantages
 from alignkit.data.formats import prompt_columns
+from alignkit.rl.dynamic_sampling import sample_informative_groups
 from alignkit.rl.rollout import Rollout, generate
+from alignkit.rl.shaping import overlong_penalty
 from alignkit.rl.scoring import old_logps_and_values, reference_mode, rollout_logprobs
 
 
@@ -40,25 +42,48 @@ def response_metrics(rollout: Rollout) -> dict:
     }
 
 
+def sample_and_score(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows: list[dict], config, rewards, generator=None,
+                     draw_prompts=None) -> tuple[Rollout, object, dict]:
+    """G responses per prompt and their rewards; with `dynamic_sampling`, only groups whose rewards differ,
+    refilled from `draw_prompts()` (rl/dynamic_sampling.py). Sets `rollout.prompt_rows` and `rollout.rewards`."""
+    options = dict(group_size=config.group_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                   top_p=config.top_p, batch_size=config.generation_batch_size, bf16=config.mixed_precision == "bf16")
+    sample = (lambda ids: generator(tokenizer, ids, **options)) if generator else (lambda ids: generate(policy, tokenizer, ids, **options))
+
+    def score(rollout, rows):
+        prompts = [rows[i]["prompt"] for i in rollout.prompt_index]
+        return rewards.raw_scores(prompts, rollout.responses, prompt_columns(rows, rollout.prompt_index), completion_ids=rollout.response_ids)
+
+    metrics = {}
+    if config.dynamic_sampling and draw_prompts is not None:
+        rollout, prompt_rows, raw, valid, per_source, metrics = sample_informative_groups(
+            sample, score, prompt_ids, prompt_rows, draw_prompts, config.group_size, config.dynamic_sampling_rounds, tokenizer)
+    else:
+        rollout = sample(prompt_ids)
+        raw, valid, per_source = score(rollout, prompt_rows)
+    rollout.prompt_rows, rollout.rewards = prompt_rows, raw
+    return rollout, rewards.finish(raw, valid, per_source), metrics
+
+
 def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows: list[dict], config, rewards,
                     kl_coef: float, reference_model=None, value_model=None, autocast=contextlib.nullcontext,
-                    generator=None) -> tuple[Rollout, dict]:
+                    generator=None, draw_prompts=None) -> tuple[Rollout, dict]:
     """Samples G responses per prompt, scores them, and computes advantages; returns the rollout and its metrics.
 
     `generator` (optional) replaces `rl.rollout.generate`, e.g. a `VLLMGenerator`; it takes the
-    same arguments as `rl.rollout.generate` minus the model.
+    same arguments as `rl.rollout.generate` minus the model. `draw_prompts() -> (prompt_ids, rows)`
+    gives fresh prompts when dynamic sampling refills dropped groups.
     """
-    sample = dict(group_size=config.group_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                  top_p=config.top_p, batch_size=config.generation_batch_size, bf16=config.mixed_precision == "bf16")
-    rollout = generator(tokenizer, prompt_ids, **sample) if generator else generate(policy, tokenizer, prompt_ids, **sample)
-    metrics = response_metrics(rollout)
+    rollout, result, dynamic = sample_and_score(policy, tokenizer, prompt_ids, prompt_rows, config, rewards, generator, draw_prompts)
+    metrics = {**response_metrics(rollout), **dynamic}
 
     # rewards: the sources, then the length-limit policy
-    prompts = [prompt_rows[i]["prompt"] for i in rollout.prompt_index]
-    result = rewards(prompts, rollout.responses, prompt_columns(prompt_rows, rollout.prompt_index))
     scores = result.normalized - config.missing_eos_penalty * (~rollout.finished).float()
+    if config.overlong_buffer:  # DAPO's soft length penalty (rl/shaping.py)
+        shaping = config.overlong_penalty * overlong_penalty(rollout.response_lengths, config.max_new_tokens, config.overlong_buffer)
+        scores = scores + shaping
+        metrics["reward/overlong_penalty"] = shaping.mean().item()
     valid = result.valid & (rollout.finished | (not config.mask_truncated_completions))
-    rollout.rewards = result.raw
     metrics.update(result.metrics())
     metrics["response/masked"] = int((~(rollout.finished | (not config.mask_truncated_completions))).sum())
 

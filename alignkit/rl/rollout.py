@@ -42,6 +42,7 @@ class Rollout:
     generation_seconds: float = 0.0
     extras: dict = field(default_factory=dict)  # per-token tensors added later: logps, ref_logps, values, ...
     rewards: torch.Tensor | None = None  # (N,) each response's raw reward, once scored (the monitor reads it)
+    prompt_rows: list = field(default_factory=list)  # the prompt rows `prompt_index` points into, once scored
 
     @property
     def num_responses(self) -> int:

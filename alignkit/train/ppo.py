@@ -146,8 +146,8 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
     disable_dropout(policy)
     reference = load_reference(config, run.accelerator)
     value_model = build_value_model(config.value_model, config, policy, config.reward_model) if config.advantage == "gae" else None
-    rewards = build_rewards(reward_specs(config), config.reward_normalize, config.reward_clip, config.reward_on_invalid)
-    gold = FunctionReward(config.eval_reward_function) if config.eval_reward_function else None
+    rewards = build_rewards(reward_specs(config), config.reward_normalize, config.reward_clip, config.reward_on_invalid, tokenizer=tokenizer)
+    gold = FunctionReward(config.eval_reward_function, tokenizer=tokenizer) if config.eval_reward_function else None
     # under bf16 autocast, frozen weights stored in bf16 give the same numbers without a cast per forward
     fp32_weights = cast_frozen_linears(policy) if config.mixed_precision == "bf16" else {}
     if reference is not None and config.mixed_precision == "bf16":
@@ -168,12 +168,13 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
     first_eval = first_eval if first_eval is not None else start_evaluation(run, evaluate)
 
     kl_coef = kl_controller.value
+    draw_prompts = lambda: next((([prompt_ids[i] for i in idx], [rows[i] for i in idx]) for idx in stream.next_step(1)))  # noqa: E731
     for step in (progress := steps_left(run, steps)):
         step_started = time.perf_counter()
         indices = stream.next_step(1)[0]
         rollout, experience = make_experience(
             strip_wrappers(policy), tokenizer, [prompt_ids[i] for i in indices], [rows[i] for i in indices], config,
-            rewards, kl_coef, reference, value_model, run.accelerator.autocast, generator)
+            rewards, kl_coef, reference, value_model, run.accelerator.autocast, generator, draw_prompts)
         metrics = {**policy_update(run, policy, value_model, optimizer, scheduler, rollout, config, kl_coef, shuffle, step), **experience}
         if generator is not None:
             generator.sync_weights(policy)
@@ -182,7 +183,7 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
                         "time/generation_s": rollout.generation_seconds, "nan_skipped": run.nan_guard.skipped})
         if due(config.eval_every, step, steps):
             metrics.update(evaluate(step))
-        metrics.update(monitor.after_step(step, policy, rollout, [rows[i] for i in indices]))
+        metrics.update(monitor.after_step(step, policy, rollout, rollout.prompt_rows))
         log_step(run, step, steps, metrics, force=monitor.stop)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl/ref', 0.0):.3f}")
         if due(config.save_every, step, steps) and not monitor.stop:
