@@ -38,7 +38,7 @@ test-slow: setup
 
 # every stage against TRL 1.16 and a bare PyTorch loop; rewrites BENCHMARKS.md's generated section
 bench: setup
-	$(PIP) install --quiet -c constraints.txt '.[bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -37,7 +37,8 @@ __all__ = ["ANSWER_PREFIX", "BACKENDS", "HTTPJudge", "LocalJudge", "Verdict", "b
            "critique_and_revise", "judge_pairs", "make_judge", "pair_items", "preference_rows", "principles",
            "read_constitution", "response_items"]
 
-DEFAULT_CONSTITUTION = Path(__file__).resolve().parents[2] / "configs" / "constitution.md"
+# alignkit/configs (a link to the checkout's configs/, package data once installed), so an installed alignkit finds it too
+DEFAULT_CONSTITUTION = Path(__file__).resolve().parents[1] / "configs" / "constitution.md"
 
 COMPARE_TEMPLATE = """Compare two responses to the user's prompt, following the principles in your instructions.
 

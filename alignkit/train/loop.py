@@ -6,8 +6,10 @@ no base Trainer class with hooks to chase.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,17 +24,26 @@ log = logging.getLogger("alignkit")
 
 # ---------------------------------------------------------------- setup
 
-def make_accelerator(args):
-    """An `accelerate.Accelerator` for the config's precision; DDP/FSDP/DeepSpeed come from `accelerate launch`."""
+def make_accelerator(args, output_dir: str | Path | None = None, resume_step: int = 0):
+    """An `accelerate.Accelerator` for the config's precision and trackers; DDP/FSDP/DeepSpeed come from `accelerate launch`.
+
+    `report_to`'s trackers (all but `jsonl`, alignkit's own metrics.jsonl) become accelerate trackers; MetricsLogger starts
+    and feeds them. TensorBoard writes to `<output_dir>/tensorboard` and, on a resume from `resume_step`, purges what a
+    killed run logged after it, so replayed steps appear once.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.tracking import TensorBoardTracker
     from accelerate.utils import set_seed
 
     # Stages run one after another in one process (pipeline, tests) may want different
     # precisions; the process group (PartialState) survives the reset.
     AcceleratorState._reset_state(reset_partial_state=False)
+    output_dir = Path(output_dir or args.output_dir)
+    log_with = [TensorBoardTracker("tensorboard", str(output_dir), purge_step=resume_step + 1 if resume_step else None)
+                if name == "tensorboard" else name for name in dict.fromkeys(args.report_to) if name != "jsonl"]
     # cpu=True when there is no GPU: accelerate then forms a gloo process group under torchrun (MULTI_CPU)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(), log_with=log_with or None)
     set_seed(args.seed)
     return accelerator
 
@@ -138,36 +149,75 @@ def global_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- logging
 
 class MetricsLogger:
-    """One JSON object per logged step in `<output_dir>/metrics.jsonl`, plus TensorBoard scalars."""
+    """One JSON object per logged step in `<output_dir>/metrics.jsonl` (always), and the accelerator's trackers.
 
-    def __init__(self, output_dir: str | Path, report_to=("jsonl", "tensorboard"), enabled: bool = True, resume_step: int = 0):
+    The trackers are the accelerator's (`make_accelerator` builds them from `report_to`): they are started here with
+    the run's config, receive every logged step's finite numbers (NaN/inf and text stay in metrics.jsonl only), and
+    are finished by `close`. Only the main process (`enabled`) writes or logs.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, resume_step: int = 0, accelerator=None,
+                 project: str = "alignkit", run_name: str = "", config: dict | None = None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
-        self.writer = None
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             truncate_log(self.path, resume_step)  # a resumed run keeps the history up to its checkpoint; a new one starts empty
-            if "tensorboard" in report_to:
-                from torch.utils.tensorboard import SummaryWriter
+            if self.accelerator:
+                self._start_trackers(project, run_name or Path(output_dir).name, output_dir, tracker_config(config or {}))
 
-                # purge_step: TensorBoard drops what a killed run logged after the checkpoint, so replayed steps appear once
-                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
-        self.report_to = report_to
+    def _start_trackers(self, project: str, run_name: str, output_dir, config: dict) -> None:
+        """Starts every tracker and gives it the run's config; TensorBoard gets none (config.yaml holds it, and accelerate
+        would add a folder to <output_dir>/tensorboard each time)."""
+        try:
+            self.accelerator.init_trackers(project, None, tracker_init_kwargs(run_name, output_dir))
+            for tracker in self.accelerator.trackers:
+                if tracker.name != "tensorboard":
+                    tracker.store_init_configuration(config)
+        except Exception as exc:  # a tracker's own error (login, server, store); the config was validated already
+            names = ", ".join(str(t) for t in self.accelerator.log_with)
+            raise AlignkitError(f"report_to: starting the trackers ({names}) failed: {type(exc).__name__}: {exc}; fix the tracker's "
+                                f"settings (e.g. `wandb login` or WANDB_MODE=offline, MLFLOW_TRACKING_URI) or remove it from report_to") from None
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         values = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
-        if "jsonl" in self.report_to:
-            append_jsonl(self.path, {"step": step, **values})
-        if self.writer:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, step)
+        append_jsonl(self.path, {"step": step, **values})
+        if self.accelerator:
+            finite = {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            if finite:
+                self.accelerator.log(finite, step=step)
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        """Finishes the trackers (not `accelerator.end_training()`, which would also end the process group that later
+        stages of a pipeline, or the rest of a DDP run, still use)."""
+        if self.enabled and self.accelerator:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers.clear()
+        self.accelerator = None
+
+
+def tracker_config(config: dict, prefix: str = "") -> dict:
+    """The run's config as the flat {key: bool/int/float/str} every tracker accepts: sections become `section/key`,
+    lists and empty values their JSON text."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(tracker_config(value, f"{prefix}{key}/"))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix + key] = value
+        else:
+            flat[prefix + key] = json.dumps(value, default=str)
+    return flat
+
+
+def tracker_init_kwargs(run_name: str, output_dir: str | Path) -> dict:
+    """Per-tracker init options: the run is named after its output folder; W&B writes under output_dir unless $WANDB_DIR says."""
+    wandb = {"name": run_name} if os.environ.get("WANDB_DIR") else {"name": run_name, "dir": str(output_dir)}
+    return {"wandb": wandb, "trackio": {"name": run_name}, "mlflow": {"run_name": run_name}}  # the others: accelerate's defaults
 
 
 class Throughput:

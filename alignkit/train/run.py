@@ -32,9 +32,11 @@ from alignkit.config import save_config, to_dict
 from alignkit.errors import AlignkitError
 from alignkit.io import append_jsonl, write_json
 from alignkit.train.checkpoint import load_checkpoint, read_trainer_state, remove_partial_saves, resolve_resume, save_checkpoint
+from alignkit.train.hub import push_to_hub
 from alignkit.train.loop import (
     MetricsLogger, NanGuard, Throughput, build_optimizer, build_scheduler, log, make_accelerator, total_optimizer_steps,
 )
+from alignkit.train.model_card import write_model_cards
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Run:
 
 # keys a resumed run may change without breaking exactness: where and how often things are written or checked
 FREE_ON_RESUME = ("resume", "resume_override", "output_dir", "save_every", "save_total_limit", "logging_every", "report_to",
-                  "max_nan_steps", "eval_every")
+                  "max_nan_steps", "eval_every", "tracker_project", "push_to_hub", "hub_model_id", "hub_private", "hub_token")
 
 
 def start_run(config, stage: str, output_dir: str | Path | None = None) -> Run:
@@ -74,7 +76,8 @@ def start_run(config, stage: str, output_dir: str | Path | None = None) -> Run:
     output_dir = Path(output_dir or config.output_dir)
     checkpoint = resolve_resume(config.resume, output_dir)
     changed = check_resume(checkpoint, config, stage) if checkpoint else {}
-    accelerator = make_accelerator(config)
+    resume_step = read_trainer_state(checkpoint).get("step", 0) if checkpoint else 0  # TensorBoard purges what followed it
+    accelerator = make_accelerator(config, output_dir, resume_step)
     return Run(config, stage, accelerator, started, output_dir, NanGuard(config.max_nan_steps), checkpoint=checkpoint, changed=changed)
 
 
@@ -146,8 +149,15 @@ def resume(run: Run, model, optimizer, scheduler, stream, **checkpointed) -> int
         if accelerator.is_main_process and (stale := remove_partial_saves(run.output_dir)):
             log.info(f"removed {len(stale)} half-written folder(s) a killed save left: {', '.join(p.name for p in stale)}")
         log.info(f"{run.stage}: resumed from {run.checkpoint} at step {run.start_step}")
-    run.logger = MetricsLogger(run.output_dir, config.report_to, accelerator.is_main_process, resume_step=run.start_step)
+    run.logger = MetricsLogger(run.output_dir, accelerator.is_main_process, resume_step=run.start_step, accelerator=accelerator,
+                               project=config.tracker_project, run_name=tracker_run_name(run), config={"stage": run.stage, **_plain(config)})
     return run.start_step
+
+
+def tracker_run_name(run: Run) -> str:
+    """The trackers' run name: the output folder's name (`sft`), with the sub-run's for a folder inside it (`reward-member-0`)."""
+    top = Path(run.config.output_dir)
+    return top.name if run.output_dir == top else f"{top.name}-{run.output_dir.name}"
 
 
 def checkpoint(run: Run, step: int, model, optimizer, scheduler, stream, extra: dict | None = None, **checkpointed) -> Path:
@@ -236,7 +246,8 @@ def first_and_last_loss(run: Run) -> dict:
 
 def finish_run(run: Run, steps: int, final_eval: dict, summarize: Callable[[], dict], format_summary: Callable[[dict], str],
                summary_dir: str | Path | None = None) -> dict:
-    """Logs the final evaluation, closes the log, writes `summary.json` (main process) and prints the summary.
+    """Logs the final evaluation, closes the log and the trackers, writes `summary.json`, the model cards (README.md in
+    model/ and adapter/) and, with `push_to_hub`, uploads them (main process); prints the summary.
 
     Call after saving the model: `summarize()` builds the recipe's summary (its seconds then include the save).
     """
@@ -246,5 +257,8 @@ def finish_run(run: Run, steps: int, final_eval: dict, summarize: Callable[[], d
     summary = summarize()
     if run.accelerator.is_main_process:
         write_json(Path(summary_dir or run.output_dir) / "summary.json", summary)
+        write_model_cards(run.config, run.stage, summary)
         log.info(format_summary(summary))
+        if run.config.push_to_hub:
+            push_to_hub(run.config)
     return summary
