@@ -17,7 +17,8 @@ from alignkit.models.generation import generate_answers
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.pipeline import run_pipeline
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# alignkit/configs (a link to the checkout's configs/, package data once installed), so an installed alignkit finds it too
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
 @dataclass
@@ -43,7 +44,7 @@ def gold_evaluation(model_path: str, rows: list[dict], max_new_tokens: int) -> t
     import torch
 
 
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, chat_template="always")  # hhh-mini's standard rows, as the demo trained on them
     model = load_causal_lm(model_path)
     torch.manual_seed(0)
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=25, progress=True)

@@ -7,7 +7,8 @@
 2. each policy also samples `kl_samples` answers per prompt, scored under the policy and the
    reference for KL(policy || reference) (k1, nats per answer);
 3. the answers are scored by the gold function, the reward model (ensemble mean and std) and,
-   for each policy-reference pair, the pairwise judge in both orders;
+   for each policy-reference pair, the pairwise judge in both orders (a local model, or an
+   OpenAI-compatible endpoint: `judge_endpoint`, or a URL given as `judge`);
 4. win rates against the reference with bootstrap intervals, per-model means with intervals,
    length, distinct-1/2, refusal and repetition rates; optionally the distribution-shift report.
 
@@ -75,11 +76,11 @@ def _write_cache(file: Path, key: dict, rows: list[dict], answers: list[str]) ->
     tmp.replace(file)
 
 
-def load_model(path: str):
+def load_model(path: str, chat_template: str = ""):
     model = load_causal_lm(path).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(path, chat_template=chat_template or None)
 
 
 def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[str]:
@@ -110,13 +111,13 @@ def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
 
 def all_answers(models: dict[str, str], reference: str, rows: list[dict], config, out_dir: Path) -> tuple[dict, dict, object]:
     """Greedy answers of every model, KL of every policy to the reference, and the reference's tokenizer."""
-    ref_model, tokenizer = load_model(models[reference])
+    ref_model, tokenizer = load_model(models[reference], config.chat_template)
     answers = {reference: greedy_answers(reference, models[reference], ref_model, tokenizer, rows, config, out_dir)}
     kls = {reference: 0.0}
     for name, path in models.items():
         if name == reference:
             continue
-        model, policy_tokenizer = load_model(path)
+        model, policy_tokenizer = load_model(path, config.chat_template)
         if len(policy_tokenizer) != len(tokenizer):
             raise AlignkitError(f"{path} and the reference {models[reference]} use different tokenizers; KL needs the same vocabulary")
         answers[name] = greedy_answers(name, path, model, policy_tokenizer, rows, config, out_dir)
@@ -151,9 +152,22 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[s
     return scores
 
 
-def judge_outcomes(answers: dict[str, list[str]], reference: str, rows: list[dict], config) -> dict[str, dict]:
+def is_endpoint(judge: str) -> bool:
+    """Whether `judge` names an OpenAI-compatible endpoint (an http(s) URL) rather than a local model."""
+    return judge.startswith(("http://", "https://"))
+
+
+def build_judge(config, judge_model: str = ""):
+    """The judge backend: `judge_endpoint` or a URL given as `judge` (asking it for `judge_model`), else a local model."""
+    endpoint = config.judge_endpoint or (config.judge if is_endpoint(config.judge) else "")
+    if endpoint:
+        return make_judge(endpoint=endpoint, endpoint_model=judge_model or getattr(config, "judge_model", "") or "default")
+    return make_judge(config.judge, batch_size=config.batch_size, bf16=config.mixed_precision == "bf16")
+
+
+def judge_outcomes(answers: dict[str, list[str]], reference: str, rows: list[dict], config, judge_model: str = "") -> dict[str, dict]:
     """Per policy: the judge's outcomes (both orders averaged) and its position-bias report."""
-    judge = make_judge(endpoint=config.judge_endpoint) if config.judge_endpoint else make_judge(config.judge, batch_size=config.batch_size)
+    judge = build_judge(config, judge_model)
     constitution = read_constitution(config.constitution or None)
     out = {}
     for name, texts in answers.items():
@@ -187,15 +201,16 @@ def compare_all(answers, scores, judged, kls, reference: str, tokenizer, config)
     return models
 
 
-def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str | Path) -> dict:
-    """Answers, scores and comparisons of `models` (name -> model dir) against `models[reference]`; see the module doc."""
+def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str | Path, judge_model: str = "") -> dict:
+    """Answers, scores and comparisons of `models` (name -> model dir) against `models[reference]`; see the module doc.
+    `judge_model` is the model name an endpoint judge is asked for."""
     out_dir = Path(out_dir)
     if reference not in models:
         raise AlignkitError(f"the reference {reference!r} is not among the models {sorted(models)}")
     rows = load_eval_rows(config)
     answers, kls, tokenizer = all_answers(models, reference, rows, config, out_dir)
     scores = score_all(answers, rows, config)
-    judged = judge_outcomes(answers, reference, rows, config) if (config.judge or config.judge_endpoint) else {}
+    judged = judge_outcomes(answers, reference, rows, config, judge_model) if (config.judge or config.judge_endpoint) else {}
     results = {"reference": reference, "paths": models, "prompts": len(rows), "data": config.data,
                "models": compare_all(answers, scores, judged, kls, reference, tokenizer, config),
                "samples": [{"prompt": r["prompt"], **{k: r[k] for k in ("category",) if k in r},
