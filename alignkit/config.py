@@ -11,12 +11,20 @@ The loading machinery (`option`, `load_config`, `config_from_dict`, ...) lives i
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import os
+import re
 from dataclasses import dataclass
+
+from accelerate import tracking as accelerate_tracking
+from accelerate.utils import imports as accelerate_imports
 
 from alignkit.config_loader import (  # noqa: F401  (re-exported: callers import the machinery from alignkit.config)
     _coerce, choose, config_from_dict, config_with_overrides, field_help, load_config, option, parse_overrides, read_yaml, save_config, to_dict,
 )
 from alignkit.errors import AlignkitError
+from alignkit.data.tokenize import CHAT_TEMPLATE_MODES, read_chat_template
 from alignkit.io import check_output_dir
 from alignkit.losses.kl import KL_ESTIMATORS
 from alignkit.losses.policy import AGGREGATIONS, POLICY_LOSSES
@@ -40,6 +48,11 @@ class ModelArgs:
     lora_alpha: int = option(32, "LoRA scaling numerator (scale = lora_alpha / lora_r).", ge=1)
     lora_dropout: float = option(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
     target_modules: list = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Module names LoRA adapts.")
+    chat_template: str = option("auto", "Which rows go through the tokenizer's chat template: auto (TRL's rule: conversational rows, "
+                                "i.e. lists of messages, do; standard string rows stay raw text, EOS appended), always (string rows "
+                                "become a user turn and an assistant turn too) or never (raw text only; conversational rows are refused).")
+    chat_template_path: str = option("", "A Jinja chat template file (or a folder holding chat_template.jinja) that replaces the "
+                                     "tokenizer's own; it is saved with the trained model.")
 
 
 @dataclass
@@ -64,7 +77,16 @@ class TrainArgs(ModelArgs):
     eval_every: int = option(0, "Evaluate on the held-out split every N optimizer steps (0: only at the end).", ge=0, range_text="0 (only at the end) or a positive number of steps")
     save_every: int = option(0, "Write a checkpoint every N optimizer steps (0: only the final model).", ge=0, range_text="0 (only the final model) or a positive number of steps")
     logging_every: int = option(1, "Log metrics every N optimizer steps.", ge=1)
-    report_to: list = option(["jsonl", "tensorboard"], "Metric sinks: jsonl, tensorboard.")
+    report_to: list = option(["jsonl", "tensorboard"], "Experiment trackers besides metrics.jsonl (always written): tensorboard "
+                             "(<output_dir>/tensorboard), wandb, trackio, mlflow, or any other tracker accelerate knows (comet_ml, aim, "
+                             "clearml, dvclive, swanlab); jsonl names alignkit's own log.")
+    tracker_project: str = option("alignkit", "Project the trackers log under (W&B and trackio project, MLflow experiment); "
+                                  "the run is named after output_dir.")
+    push_to_hub: bool = option(False, "After the final save, upload model/ (and adapter/ as its adapter/ subfolder) with its model "
+                               "card to the Hugging Face Hub repo hub_model_id; the token comes from $HF_TOKEN.")
+    hub_model_id: str = option("", "The Hub repo to push to, `owner/name` (created if missing).")
+    hub_private: bool = option(True, "Create the Hub repo as private (an existing repo keeps its visibility).")
+    hub_token: str = option("", "Never set here: the Hub token is read from the HF_TOKEN environment variable only.")
     resume: str = option("", "Continue a run: `auto` (the newest checkpoint in output_dir, if any) or a checkpoint-N folder.")
     resume_override: list = option([], "Keys a resumed run may change from its checkpoint's config (e.g. [learning_rate]); "
                                        "any other change that breaks exactness is refused.")
@@ -77,7 +99,12 @@ class TrainArgs(ModelArgs):
         choose(self, "truncation_mode", ("truncate", "drop"))
         choose(self, "mixed_precision", ("bf16", "no"))
         choose(self, "dtype", ("float32", "bfloat16"))
+        choose(self, "chat_template", CHAT_TEMPLATE_MODES)
+        if self.chat_template_path:
+            read_chat_template(self.chat_template_path)  # a missing file or a Jinja syntax error fails here, before any model loads
         check_output_dir(self.output_dir)
+        check_trackers(self.report_to)  # an unknown or uninstalled tracker fails here, before any model loads
+        check_hub_options(self)
         # single-key ranges are declared on the fields (option(ge=..., ...)) and checked by config_from_dict
 
 
@@ -235,6 +262,12 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     vllm_gpu_memory_utilization: float = option(0.3, "Share of GPU memory vLLM may take (generation_backend: vllm).", gt=0, le=1)
     missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.", ge=0)
     mask_truncated_completions: bool = option(False, "Leave responses without EOS out of the loss entirely (counted in response/masked).")
+    overlong_buffer: int = option(0, "DAPO's overlong reward shaping: a response longer than max_new_tokens - overlong_buffer loses "
+                                     "reward linearly, up to overlong_penalty at max_new_tokens (0: off).", ge=0)
+    overlong_penalty: float = option(1.0, "The most overlong reward shaping subtracts (at max_new_tokens).", ge=0)
+    dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: groups whose rewards are all equal (no gradient) are "
+                                           "dropped and refilled from fresh prompts (counted in dynamic/*).")
+    dynamic_sampling_rounds: int = option(3, "Most extra generation rounds a step may spend refilling dropped groups.", ge=0)
     # rewards
     reward_model: str = option("", "A trained reward model or ensemble directory.")
     reward_function: str = option("", "A Python reward, module:function or path/file.py:function, called fn(prompts, responses, **columns); hhh-mini-gold is the hhh-mini judge.")
@@ -247,12 +280,13 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     reward_timeout: float = option(30.0, "Seconds to wait for the reward endpoint.", gt=0)
     reward_retries: int = option(2, "Retries when the reward endpoint does not answer.", ge=0)
     # advantages and losses
-    advantage: str = option("gae", "Advantage estimator: gae, reinforce, reinforce_baseline, rloo or grpo.")
+    advantage: str = option("gae", "Advantage estimator: gae, reinforce, reinforce_baseline, rloo, grpo, reinforce_pp or "
+                                   "reinforce_pp_baseline (REINFORCE++: global normalisation).")
     gamma: float = option(1.0, "Discount over response tokens.", ge=0, le=1)
     lam: float = option(0.95, "GAE lambda.", ge=0, le=1)
     whiten_advantages: bool = option(True, "Standardise advantages over the rollout's tokens.")
     scale_rewards: bool = option(True, "grpo: divide by the group's reward std (False: Dr. GRPO, mean-centring only).")
-    policy_loss: str = option("ppo_clip", "ppo_clip or reinforce (the plain -A log pi surrogate).")
+    policy_loss: str = option("ppo_clip", "ppo_clip, reinforce (the plain -A log pi surrogate) or gspo (one clipped ratio per response).")
     loss_aggregation: str = option("token_mean", "token_mean, sequence_mean (original GRPO) or constant (Dr. GRPO: / max_new_tokens).")
     ppo_epochs: int = option(4, "Passes over each rollout.", ge=1)
     num_minibatches: int = option(1, "Optimizer steps per pass over a rollout.", ge=1)
@@ -292,6 +326,11 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
                                 f"(the same as clip_range) or to clip_range or more (DAPO's clip-higher, e.g. 0.28)")
         if self.advantage in NEEDS_GROUPS and self.group_size < 2:
             raise AlignkitError(f"advantage: {self.advantage} compares responses to the same prompt; set group_size to 2 or more")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise AlignkitError(f"overlong_buffer ({self.overlong_buffer}) must be below max_new_tokens ({self.max_new_tokens}): it is "
+                                f"the stretch before max_new_tokens over which the length penalty grows")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise AlignkitError("dynamic_sampling drops groups whose responses all scored alike; set group_size to 2 or more")
         if self.num_minibatches > self.prompts_per_step * self.group_size:
             raise AlignkitError(f"num_minibatches={self.num_minibatches} is more than the {self.prompts_per_step * self.group_size} responses per rollout")
         if self.grad_accum_steps != 1:
@@ -313,7 +352,7 @@ class GRPOConfig(PPOConfig):
 
     output_dir: str = option("runs/grpo", "Where the final model, metrics.jsonl and TensorBoard logs go.")
     group_size: int = option(4, "Responses sampled per prompt (G).")
-    advantage: str = option("grpo", "Advantage estimator: grpo, rloo, reinforce, reinforce_baseline or gae.")
+    advantage: str = option("grpo", "Advantage estimator: grpo, rloo, reinforce, reinforce_baseline, reinforce_pp, reinforce_pp_baseline or gae.")
     whiten_advantages: bool = option(False, "Standardise advantages over the rollout's tokens (grpo already normalises per group).")
     reward_normalize: bool = option(False, "Standardise rewards with running statistics (group normalisation makes it moot for grpo).")
     ppo_epochs: int = option(1, "Passes over each rollout (GRPO's mu).")
@@ -377,37 +416,211 @@ class EvalConfig:
     pairs: str = option("", "Held-out preference pairs: the reward model's accuracy by distance to train_prompts.")
     shift_buckets: int = option(3, "Equal-count distance buckets in the shift report.", ge=1)
     mixed_precision: str = option("bf16", "bf16 autocast for generation and scoring, or no.")
+    chat_template: str = option("", "How prompts are rendered: empty follows each model's saved setting (auto for a model "
+                                    "alignkit did not train), or auto, always, never for every model.")
     seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
 
     def validate(self) -> None:
         choose(self, "mixed_precision", ("bf16", "no"))
+        if self.chat_template:
+            choose(self, "chat_template", CHAT_TEMPLATE_MODES)
+
+
+PIPELINE_STAGES = ("sft", "reward", "policy", "dpo", "eval", "report")  # the usual order; ppo/grpo name the policy stage
+STAGE_AFTER = {"reward": ("sft",), "policy": ("sft", "reward"), "dpo": ("sft",), "eval": ("sft", "reward", "policy", "dpo"),
+               "report": ("sft", "reward", "policy", "dpo", "eval")}  # stages that must run first when both are configured
+STAGE_DATA = {"sft": ("sft",), "reward": ("preference",), "dpo": ("preference",), "policy": ("prompts", "preference"),
+              "eval": ("prompts", "preference")}  # the data: sources a stage reads (any one of them)
+DATA_WHAT = {"sft": "SFT rows: messages, text or prompt+completion", "preference": "(prompt, chosen, rejected) pairs",
+             "prompts": "rows with a `prompt` column"}
+PRESET_TASKS = ("hhh-mini",)
+RL_REWARD_KEYS = ("reward_model", "reward_function", "reward_url", "rewards")
+
+
+@dataclass
+class DataSource:
+    """One source of the pipeline's `data:` section (`data.sft`, `data.preference`, `data.prompts`); a bare string is its path."""
+
+    path: str = option("", "File (jsonl/json/parquet/csv), folder of such files, save_to_disk folder or hub id (owner/name).")
+    split: str = option("train", "Split trained on, from a folder, save_to_disk folder or hub id.")
+    config: str = option("", "Config (subset) name of a hub dataset, for `path` and `test`.")
+    test: str = option("", "Held-out source (file, folder, save_to_disk folder or hub id); empty: the source's own test_split "
+                           "when it has one, else data.test_fraction of its rows held out with the seed.")
+    test_split: str = option("test", "Split read as the held-out rows: from `test`, or without it from the source itself.")
+
+
+@dataclass
+class PipelineData:
+    """The pipeline's `data:` section: your own SFT rows, preference pairs and prompts, copied into <workdir>/data."""
+
+    sft: DataSource | None = option(None, "SFT rows (messages, text or prompt+completion).")
+    preference: DataSource | None = option(None, "Preference pairs (prompt, chosen, rejected): the reward model's and DPO's data.")
+    prompts: DataSource | None = option(None, "Prompts for RL, the monitor and the evaluation; empty: the preference pairs' prompts.")
+    test_fraction: float = option(0.1, "Share of a source's rows held out with the seed when it has no test split and no `test` "
+                                        "(preference pairs and prompts are held out by prompt).", gt=0, lt=1)
+
+    def validate(self) -> None:
+        for name in DATA_WHAT:
+            source = getattr(self, name)
+            if source is not None and not source.path:
+                raise AlignkitError(f"data.{name}.path is empty; set it to a file, folder, save_to_disk folder or hub id")
 
 
 @dataclass
 class PipelineConfig:
-    """`alignkit pipeline FILE.yaml`: SFT -> reward model -> PPO or GRPO, and DPO -> eval -> report, in one folder."""
+    """`alignkit pipeline FILE.yaml`: SFT -> reward model -> PPO or GRPO, and DPO -> eval -> report, in one folder, on your
+    own `data:` or a preset task; every stage optional."""
 
     workdir: str = option("runs/pipeline", "Where the data, every stage's run folder, eval/ and report.html go; finished stages are reused.")
-    model: str = option("smollm2-135m-instruct", "The base model SFT starts from.")
+    model: str = option("smollm2-135m-instruct", "The base model the first trained stage starts from.")
     seed: int = option(0, "Seed for the data and every stage.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
-    task: str = option("hhh-mini", "Built-in task whose data is written to <workdir>/data (its gold judge scores the answers).")
-    n_train: int = option(800, "Training prompts of the task.", ge=1)
-    n_test: int = option(100, "Test prompts of the task (the evaluation set).", ge=1)
+    task: str = option("", "Preset that fills data: and the gold function: hhh-mini (generated into <workdir>/data, scored by its "
+                           "gold judge). Empty: your own data: section, or hhh-mini when there is none.")
+    n_train: int = option(800, "hhh-mini: training prompts generated.", ge=1)
+    n_test: int = option(100, "hhh-mini: test prompts generated (the evaluation set).", ge=1)
     n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).", ge=0)
     policy: str = option("grpo", "Online RL stage: grpo or ppo.")
-    stages: list = option(["sft", "reward", "policy", "dpo", "eval", "report"], "Stages to run, in this order (data is always written first).")
+    data: dict = option({}, "Your own data: sft, preference, prompts (each a path, or {path, split, config, test, test_split}) and "
+                            "test_fraction; see PipelineData.")
+    stages: list | dict = option(["sft", "reward", "policy", "dpo", "eval", "report"],
+                                 "Stages to run, in this order (data is always written first); or a mapping stage: true/false.")
     eval_base: bool = option(True, "Evaluate the base model too (as `base`), so the final table shows what SFT itself gained.")
     sft: dict = option({}, "Overrides for the SFT stage (see `alignkit sft --help`).")
     reward: dict = option({}, "Overrides for the reward-model stage (see `alignkit reward --help`).")
     rl: dict = option({}, "Overrides for the PPO/GRPO stage (see `alignkit grpo --help`), monitor: included.")
     dpo: dict = option({}, "Overrides for the DPO stage (see `alignkit dpo --help`), monitor: included.")
-    eval: dict = option({}, "Overrides for the evaluation (see `alignkit eval --help`).")
+    eval: dict = option({}, "Overrides for the evaluation (see `alignkit eval --help`), plus judge: a model or an OpenAI-compatible "
+                            "URL, judge_model: the endpoint's model name, reward_model: true/false (the trained reward model) "
+                            "or a folder, function: module:fn (a Python scorer, what `gold` is in `alignkit eval`).")
+
+    @property
+    def preset(self) -> str:
+        """The preset task in use: `task`, or hhh-mini when neither task nor data: is given; empty for your own data."""
+        return self.task or ("" if self.data else "hhh-mini")
+
+    def data_sources(self) -> PipelineData:
+        """The `data:` section, checked key by key (a bare string is a source's path)."""
+        values = {k: {"path": v} if k in DATA_WHAT and isinstance(v, str) else v for k, v in self.data.items()}
+        return config_from_dict(PipelineData, values, "data section", prefix="data.")
+
+    def stage_names(self) -> list[str]:
+        """The stages to run, in order, the PPO/GRPO stage named `policy`."""
+        stages = self.stages
+        if isinstance(stages, str):  # from the command line: sft,dpo
+            stages = [s.strip() for s in stages.strip("[]").split(",") if s.strip()]
+        names = list(stages) if isinstance(stages, (list, dict)) else [stages]
+        unknown = [s for s in names if s not in PIPELINE_STAGES + ("ppo", "grpo")]
+        if unknown:
+            raise AlignkitError(f"stages: unknown stage {unknown[0]!r}; choose from sft, reward, policy (the {self.policy} stage), dpo, eval, report")
+        if isinstance(stages, dict):
+            wrong = next((k for k, v in stages.items() if not isinstance(v, bool)), None)
+            if wrong is not None:
+                raise AlignkitError(f"stages.{wrong} must be true or false, got {stages[wrong]!r}")
+            chosen = {"policy" if k in ("ppo", "grpo") else k for k, on in stages.items() if on}
+            names = [s for s in PIPELINE_STAGES if s in chosen]
+        return ["policy" if s in ("ppo", "grpo") else s for s in names]
 
     def validate(self) -> None:
         choose(self, "policy", ("grpo", "ppo"))
-        choose(self, "task", ("hhh-mini",))
-        unknown = [s for s in self.stages if s not in ("sft", "reward", "policy", "ppo", "grpo", "dpo", "eval", "report")]
-        if unknown:
-            raise AlignkitError(f"stages: unknown stage {unknown[0]!r}; choose from sft, reward, policy (the {self.policy} stage), dpo, eval, report")
-        if self.n_val >= self.n_train:
+        if self.task not in ("",) + PRESET_TASKS:
+            raise AlignkitError(f"task must be {' or '.join(PRESET_TASKS)} (a preset) or empty (your own data: section); got {self.task!r}")
+        if self.task and self.data:
+            raise AlignkitError(f"task: {self.task} writes its own data; remove task (to use your data: section) or data:")
+        stages = self.stage_names()
+        self._check_order(stages)
+        if self.preset and self.n_val >= self.n_train:
             raise AlignkitError(f"n_val ({self.n_val}) must be below n_train ({self.n_train}): the held-out prompts come out of the training prompts")
+        given = set(DATA_WHAT) if self.preset else {n for n in DATA_WHAT if getattr(self.data_sources(), n) is not None}
+        for stage in stages:
+            wanted = STAGE_DATA.get(stage, ())
+            if wanted and not given & set(wanted):
+                label = self.policy if stage == "policy" else stage
+                raise AlignkitError(f"stages: {label} needs data.{wanted[0]} ({DATA_WHAT[wanted[0]]})"
+                                    + (f" or data.{wanted[1]}" if len(wanted) > 1 else "") + f"; add it to data:, or drop {label} from stages")
+        if "policy" in stages and "reward" not in stages and not any(self.rl.get(k) for k in RL_REWARD_KEYS):
+            raise AlignkitError(f"stages: {self.policy} needs a reward: add reward to stages (a reward model trained on data.preference), "
+                                f"or set rl.reward_function (module:fn), rl.reward_model or rl.reward_url")
+        if "eval" in stages:
+            self._check_eval(stages)
+
+    def _check_order(self, stages: list[str]) -> None:
+        for i, name in enumerate(stages):
+            if name in stages[:i]:
+                raise AlignkitError(f"stages: {name} is listed twice; list each stage once")
+            later = [s for s in stages[i + 1:] if s in STAGE_AFTER.get(name, ())]
+            if later:
+                raise AlignkitError(f"stages: {later[0]} must come before {name}, which uses its output; reorder stages")
+
+    def _check_eval(self, stages: list[str]) -> None:
+        section = self.eval
+        if not {"sft", "policy", "dpo"} & set(stages):
+            raise AlignkitError("stages: eval compares trained models with the base model; add sft, dpo or policy to stages")
+        if section.get("function") and section.get("gold"):
+            raise AlignkitError("eval: function and gold name the same scorer (a Python function); keep one")
+        reward_model = section.get("reward_model", True)
+        if reward_model is True and "reward" not in stages and "reward_model" in section:
+            raise AlignkitError("eval.reward_model: true scores with the trained reward model; add reward to stages, "
+                                "or set eval.reward_model to a reward-model folder or false")
+        if section.get("judge_model") and not str(section.get("judge") or section.get("judge_endpoint") or "").startswith(("http://", "https://")):
+            raise AlignkitError("eval.judge_model names the model of an OpenAI-compatible endpoint; set eval.judge to its URL (http://...)")
+        scorers = [self.preset, section.get("function"), section.get("gold"), section.get("judge"), section.get("judge_endpoint"),
+                   reward_model if isinstance(reward_model, str) else reward_model is not False and "reward" in stages]
+        if not any(scorers):
+            raise AlignkitError("eval has nothing to score the answers with: set eval.judge (a model, or an OpenAI-compatible URL), "
+                                "eval.function (module:fn), or add reward to stages")
+
+
+# ---------------------------------------------------------------- trackers and the Hub (TrainArgs.validate)
+
+# pip packages of the trackers whose import name differs or that have a lighter form
+TRACKER_PACKAGES = {"mlflow": "mlflow-skinny", "comet_ml": "comet-ml", "tensorboard": "tensorboard"}
+
+
+def check_trackers(report_to: list) -> None:
+    """Refuses a `report_to` entry accelerate does not know, or whose package is not installed, naming the pip command."""
+    known = ["jsonl", *sorted(accelerate_tracking.LOGGER_TYPE_TO_CLASS)]  # accelerate's own and any registered with it
+    for name in report_to:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise AlignkitError(f"report_to: unknown tracker {name!r}; {hint}choose from {', '.join(known)}")
+        available = getattr(accelerate_imports, f"is_{name}_available", None)  # how accelerate itself detects it
+        if available is not None and not available():
+            package = TRACKER_PACKAGES.get(name, name)
+            raise AlignkitError(f"report_to: {name} needs the package {package}, which is not installed; install it with "
+                                f"`pip install {package}` (`pip install 'alignkit[trackers]'` installs wandb, mlflow-skinny and "
+                                f"trackio), or remove {name} from report_to")
+        if name == "mlflow" and (problem := mlflow_store_problem()):
+            raise AlignkitError(f"report_to: mlflow {problem}")
+
+
+def mlflow_store_problem() -> str | None:
+    """Why mlflow could not open its tracking store, or None: mlflow-skinny cannot open the default sqlite store, and
+    mlflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    where = ("set MLFLOW_TRACKING_URI to your MLflow server (http://host:5000) or to a local folder (file:///path/mlruns, "
+             "with MLFLOW_ALLOW_FILE_STORE=true)")
+    if not uri and not (importlib.util.find_spec("sqlalchemy") and importlib.util.find_spec("alembic")):
+        return (f"has no tracking store: MLFLOW_TRACKING_URI is not set, and mlflow-skinny cannot open mlflow's default "
+                f"sqlite store; {where}, or `pip install mlflow` for the sqlite store")
+    if (uri.startswith("file:") or (uri and "://" not in uri)) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        return f"refuses the file store {uri} unless MLFLOW_ALLOW_FILE_STORE=true is set (mlflow 3 keeps it in maintenance mode); set it, or use a server"
+    return None
+
+
+def check_hub_options(config) -> None:
+    """push_to_hub needs hub_model_id and $HF_TOKEN; a token written into a config is refused (it would land in config.yaml)."""
+    if config.hub_token:
+        raise AlignkitError("hub_token: the Hub token is read from the HF_TOKEN environment variable only, never from a config "
+                            "(config.yaml is saved next to the model and uploaded with it); remove hub_token and export HF_TOKEN")
+    if not config.push_to_hub:
+        return
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", config.hub_model_id or ""):
+        raise AlignkitError(f"push_to_hub: hub_model_id must name the repo as owner/name (e.g. my-name/{config.output_dir.rstrip('/').split('/')[-1] or 'model'}), "
+                            f"got {config.hub_model_id!r}")
+    if not os.environ.get("HF_TOKEN"):
+        raise AlignkitError("push_to_hub: the environment variable HF_TOKEN is not set; export HF_TOKEN=hf_... (a write token "
+                            "from https://huggingface.co/settings/tokens), or set push_to_hub: false")
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise AlignkitError("push_to_hub: HF_HUB_OFFLINE is set, so the upload after training would be refused; unset "
+                            "HF_HUB_OFFLINE, or set push_to_hub: false and upload later with `hf upload`")

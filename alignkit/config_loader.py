@@ -4,13 +4,16 @@ overrides loaded into a typed, validated dataclass.
 Unknown keys are errors that suggest the closest valid key, so a typo never silently falls back to
 a default. A field whose type is itself a dataclass (`monitor: MonitorConfig | None`) is a nested
 section: built from a mapping with the same checks, its keys named `monitor.every` in errors and
-on the command line (`--monitor.every 5`). Everything here is re-exported by `alignkit.config`.
+on the command line (`--monitor.every 5`). A training stage also reads TRL's argument names (`model_name_or_path`,
+`per_device_train_batch_size`, ...: `alignkit.trl_names`), so a TRL config file runs unchanged. Everything here is
+re-exported by `alignkit.config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -21,7 +24,10 @@ from typing import Any
 
 import yaml
 
+from alignkit import trl_names
 from alignkit.errors import AlignkitError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,12 @@ def field_help(cls) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _closest(name: str, choices, prefix: str = "") -> str:
+def _closest(name: str, choices, prefix: str = "", trl=()) -> str:
+    """`; did you mean 'x'?`: the closest of `choices`, or of TRL's names (`trl`) when one is closer and close (0.8); else the valid keys."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    theirs = difflib.get_close_matches(name, list(trl), n=1, cutoff=0.8)
+    if theirs and (not match or difflib.SequenceMatcher(None, name, theirs[0]).ratio() > difflib.SequenceMatcher(None, name, match[0]).ratio()):
+        match = theirs
     return f"; did you mean '{prefix}{match[0]}'?" if match else f"; valid keys: {', '.join(prefix + c for c in sorted(choices))}"
 
 
@@ -285,29 +295,74 @@ def check_ranges(config, source: str = "config", prefix: str = "") -> None:
             raise _out_of_range(source, key, value, f, bounds)
 
 
-def config_from_dict(cls, values: dict, source: str = "config", prefix: str = ""):
-    """Builds `cls` from a dict, refusing unknown keys with the closest valid one; `prefix` names a nested section's keys."""
+def config_from_dict(cls, values: dict, source: str = "config", prefix: str = "", preferred=()):
+    """Builds `cls` from a dict, refusing unknown keys with the closest valid one; `prefix` names a nested section's keys.
+    A training stage's dict may use TRL's names (`alignkit.trl_names`); `preferred` keys (the command line's) win a
+    disagreement with the file's other name for the same setting."""
     if not isinstance(values, dict):
         raise AlignkitError(f"{source}: the config must be a mapping of key: value, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            raise AlignkitError(f"{source}: unknown key '{prefix}{key}'{_closest(name, fields, prefix)}")
-        annotation = hints.get(name, str)
-        hint = _type_hint(fields[name], field_bounds(cls, name), _number_kind(annotation), prefix + name)
-        kwargs[name] = _coerce(value, annotation, prefix + name, source, hint)
-    config = cls(**kwargs)
-    check_ranges(config, source, prefix)
-    validate = getattr(config, "validate", None)
-    if validate:
-        try:
-            validate()
-        except AlignkitError as exc:  # the cross-field checks know no file: name it
-            raise AlignkitError(f"{source}: {exc}") from None
+    values, renamed = (values, {}) if prefix else _from_trl(cls, values, source, hints, preferred)
+    try:
+        kwargs = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                raise AlignkitError(f"{source}: unknown key '{prefix}{key}'{_closest(name, fields, prefix, _trl(cls, prefix))}")
+            annotation = hints.get(name, str)
+            hint = _type_hint(fields[name], field_bounds(cls, name), _number_kind(annotation), prefix + name)
+            kwargs[name] = _coerce(value, annotation, prefix + name, source, hint)
+        config = cls(**kwargs)
+        check_ranges(config, source, prefix)
+        validate = getattr(config, "validate", None)
+        if validate:
+            try:
+                validate()
+            except AlignkitError as exc:  # the cross-field checks know no file: name it
+                raise AlignkitError(f"{source}: {exc}") from None
+    except AlignkitError as exc:
+        raise _name_trl_keys(exc, renamed) from None
     return config
+
+
+def _trl(cls, prefix: str) -> frozenset:
+    return frozenset() if prefix else trl_names.names_for(cls) or frozenset()
+
+
+def _from_trl(cls, values: dict, source: str, hints: dict, preferred) -> tuple[dict, dict]:
+    """`values` in alignkit's names (TRL's read through `trl_names.translate`), one value per key, the ignored TRL keys
+    warned about once; and {alignkit key: the TRL key that set it} for messages."""
+    preferred = {str(k).replace("-", "_") for k in preferred}
+    try:
+        translation = trl_names.translate(cls, values, preferred)
+    except AlignkitError as exc:  # a refused TRL key or value: name the file
+        raise AlignkitError(f"{source}: {exc}") from None
+    if translation is None:
+        return values, {}
+    if translation.ignored:
+        log.warning(f"{source}: ignored TRL keys (no alignkit equivalent): {', '.join(translation.ignored)}")
+    chosen, renamed = {}, {}
+    for target, candidates in translation.candidates.items():
+        renamed.update({target: key for key, _, _ in candidates if key != target and target not in renamed})
+        if len(candidates) == 1 or target not in hints:
+            chosen[target] = candidates[-1][1]
+            continue
+        typed = [(key, _coerce(value, hints[target], key, source), written) for key, value, written in candidates]
+        winners = [c for c in typed if c[0] in preferred] or typed
+        if any(c[1] != winners[0][1] for c in winners):
+            (first, _, said), (second, _, other) = winners[0], next(c for c in winners if c[1] != winners[0][1])
+            raise AlignkitError(f"{source}: {first} is {said!r} but {second} is {other!r}, and both set alignkit's {target}; "
+                                f"keep one of them (or give both the same value)")
+        chosen[target] = winners[0][1]
+    return chosen, renamed
+
+
+def _name_trl_keys(exc: AlignkitError, renamed: dict) -> AlignkitError:
+    """A message about an alignkit key that a TRL key set says so: `... --batch_size 8 (set by per_device_train_batch_size)`."""
+    text = str(exc)
+    keys = [trl for target, trl in renamed.items() if re.search(rf"(key '?|--){re.escape(target)}\b", text)]
+    return AlignkitError(f"{text} (set by {', '.join(keys)})") if keys else exc
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -354,8 +409,11 @@ def _override_section(cls, key: str) -> tuple[str, str]:
     """`--name` -> (name, ""), `--section.name` -> (section, name); an unknown option is refused with the closest valid one."""
     head, _, name = key.replace("-", "_").partition(".")
     fields = {f.name for f in dataclasses.fields(cls)}
+    trl = trl_names.names_for(cls) or set()
+    if head not in fields and not name and head in trl:  # a TRL name, read by config_from_dict
+        return head, ""
     if head not in fields:
-        raise AlignkitError(f"unknown option '--{key}'{_closest(head, fields)}")
+        raise AlignkitError(f"unknown option '--{key}'{_closest(head, fields, trl=trl)}")
     section = _section_class(typing.get_type_hints(cls)[head]) if name else None
     if name and section is None:
         raise AlignkitError(f"unknown option '--{key}': {head} has no sub-keys; use --{head} value")
@@ -381,7 +439,7 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | list[str]
         if not isinstance(section, dict):
             raise AlignkitError(f"{source}: key '{head}' must be a mapping of {head}.<key>: value, got {section!r}")
         merged[head] = {**section, name: value}
-    return config_from_dict(cls, merged, source)
+    return config_from_dict(cls, merged, source, preferred=list(overrides or {}))
 
 
 def to_dict(config) -> dict:
@@ -396,4 +454,4 @@ def save_config(config, path: str | Path) -> None:
 def config_with_overrides(cls, config=None, overrides: dict | None = None, source: str = "config"):
     """A validated `cls` from a `cls` instance, a dict or None, with keyword overrides on top (the Python entry points)."""
     base = dataclasses.asdict(config) if isinstance(config, cls) else dict(config or {})
-    return config_from_dict(cls, {**base, **(overrides or {})}, source)
+    return config_from_dict(cls, {**base, **(overrides or {})}, source, preferred=list(overrides or {}))

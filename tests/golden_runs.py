@@ -58,7 +58,8 @@ def _data(root: Path) -> dict[str, str]:
 
 def _runs(model: str, data: dict[str, str], cache: str) -> dict[str, tuple[str, dict]]:
     """name -> (recipe, config): a few steps of every recipe and reference mode."""
-    common = {"model": model, "report_to": ["jsonl"], "seed": 0, "warmup_ratio": 0.0}
+    common = {"model": model, "report_to": ["jsonl"], "seed": 0, "warmup_ratio": 0.0,
+              "chat_template": "always"}  # the records render these string rows through the template (auto: raw, as TRL)
     direct = {**common, "data": data["pairs"], "eval_data": data["pairs_eval"], "batch_size": 4, "learning_rate": 1e-3,
               "max_steps": 3, "mixed_precision": "no", "ref_cache_dir": cache, "merge_lora": False}
     monitor_direct = {"every": 2, "gold": f"{__name__}:lowercase_words", "max_prompts": 4, "max_new_tokens": 6}

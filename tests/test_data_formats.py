@@ -70,7 +70,7 @@ def test_implicit_prompt_is_split_from_shared_prefix():
     assert row["chosen"] == [MSG("assistant", "4")] and row["rejected"] == [MSG("assistant", "5")]
     rows = [{"chosen": "Q: capital of France? A: Paris", "rejected": "Q: capital of France? A: Rome"}]
     row = validate_rows(rows, detect_format(rows))[0]
-    assert (row["prompt"], row["chosen"], row["rejected"]) == ("Q: capital of France? A: ", "Paris", "Rome")
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ("Q: capital of France? A:", " Paris", " Rome")  # TRL's extract_prompt
 
 
 def test_csv_labels_become_bools(tmp_path):

@@ -260,7 +260,7 @@ def _run(stage, tmp_path, write_jsonl, tiny_path, **overrides):
     prompts = write_jsonl([{"prompt": f"Write about topic {i}."} for i in range(32)], "prompts.jsonl")
     config = dict(model=tiny_path, data=prompts, reward_function=f"{__name__}:capitalized_words", output_dir=str(tmp_path / stage),
                   mixed_precision="no", max_new_tokens=8, learning_rate=3e-2, report_to=["jsonl"], batch_size=32, seed=0,
-                  **overrides)
+                  chat_template="always", **overrides)
     summary = getattr(alignkit.train, stage)(config)
     metrics = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
     return summary, metrics

@@ -204,9 +204,8 @@ def test_saved_reward_model_scores_the_same_in_plain_transformers(reward_run):
     model = AutoModelForSequenceClassification.from_pretrained(root / "run" / "model")
     tokenizer = AutoTokenizer.from_pretrained(root / "run" / "model")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
-    messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + r + tokenizer.eos_token
-             for m, r in zip(messages, responses)]
+    texts = [(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list) else p)
+             + r + tokenizer.eos_token for p, r in zip(prompts, responses)]  # chat_template auto: string prompts stay raw
     with torch.no_grad():
         plain = model(**tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")).logits[:, 0]
         one_by_one = torch.cat([model(**tokenizer([t], add_special_tokens=False, return_tensors="pt")).logits[:, 0] for t in texts])

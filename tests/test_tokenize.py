@@ -38,7 +38,7 @@ def test_multi_turn_mask_covers_exactly_the_assistant_turns(tokenizer):
 
 def test_prompt_completion_learns_only_the_completion_and_eos(tokenizer):
     rows = [{"prompt": "What is the capital of France?", "completion": "Paris."}]
-    [example], _ = tokenize_sft(rows, detect_format(rows), tokenizer, max_length=512)
+    [example], _ = tokenize_sft(rows, detect_format(rows), tokenizer, max_length=512, chat_template="always")
     assert _masked_text(tokenizer, example) == ["Paris.<|im_end|>"]
     prompt_len = example["loss_mask"].index(1)
     assert tokenizer.decode(example["input_ids"][:prompt_len]).endswith("<|im_start|>assistant\n")
@@ -55,14 +55,14 @@ def test_truncation_keeps_completion_and_is_counted(tokenizer):
     long_prompt = "word " * 300
     rows = [{"prompt": long_prompt + "END", "completion": "Fine."}, {"prompt": "short", "completion": "ok"}]
     fmt = DataFormat("prompt_completion", False)
-    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_side="left")
+    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_side="left", chat_template="always")
     assert (report.rows, report.kept, report.truncated, report.dropped) == (2, 2, 1, 0)
     assert len(examples[0]["input_ids"]) == 64
     assert _masked_text(tokenizer, examples[0]) == ["Fine.<|im_end|>"]
     assert "END" in tokenizer.decode(examples[0]["input_ids"])  # left side cut: the prompt's end survives
-    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_side="right")
+    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_side="right", chat_template="always")
     assert "END" not in tokenizer.decode(examples[0]["input_ids"]) and "<|im_start|>system" in tokenizer.decode(examples[0]["input_ids"])
-    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_mode="drop")
+    examples, report = tokenize_sft(rows, fmt, tokenizer, max_length=64, truncation_mode="drop", chat_template="always")
     assert (report.kept, report.dropped) == (1, 1)
     assert "longer than max_length=64: rows 1" in report.summary()
 
@@ -74,7 +74,7 @@ def test_rows_with_nothing_to_learn_are_reported(tokenizer):
 
 
 def test_encode_completions_matches_generation_prompt(tokenizer):
-    prompt_ids, (chosen, rejected) = encode_completions(tokenizer, "Hi", ["Hello there", "Go away"])
+    prompt_ids, (chosen, rejected) = encode_completions(tokenizer, "Hi", ["Hello there", "Go away"], chat_template="always")
     assert tokenizer.decode(prompt_ids).endswith("<|im_start|>assistant\n")
     assert tokenizer.decode(chosen) == "Hello there<|im_end|>" and tokenizer.decode(rejected) == "Go away<|im_end|>"
     short, (c, r), truncated = fit_prompt_completions(list(range(100)), [chosen, rejected], 50, "left")

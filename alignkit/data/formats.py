@@ -7,25 +7,28 @@
 | prompt_only         | `prompt`                                             | PPO, GRPO, eval    |
 | preference          | `prompt`, `chosen`, `rejected` (prompt optional)     | reward, DPO, IPO   |
 | unpaired_preference | `prompt`, `completion`, `label`                      | KTO                |
+| stepwise_supervision| `prompt`, `completions` (steps), `labels` (per step) | none: refused      |
 
 A row is *standard* (strings) or *conversational* (lists of {"role", "content"}
 messages). Preference rows without `prompt` have an implicit prompt: the messages
-(or text) that chosen and rejected share at the start.
+(or text) that chosen and rejected share at the start (`split_implicit_prompt`, TRL's
+`extract_prompt`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 from alignkit.errors import AlignkitError
-from alignkit.data.load import Row, load_rows, where
+from alignkit.data.load import Row, has_split, load_rows, where
+from alignkit.data.split import split_holdout
 
 log = logging.getLogger("alignkit")
 
 ROLES = ("system", "user", "assistant", "tool")
-KINDS = ("language_modeling", "prompt_completion", "prompt_only", "preference", "unpaired_preference")
+KINDS = ("language_modeling", "prompt_completion", "prompt_only", "preference", "unpaired_preference", "stepwise_supervision")
+HELD_OUT_SPLIT = "test"  # a source's own held-out split, used when a stage has no eval_data
 PROMPT_KINDS = ("prompt_only", "prompt_completion", "preference", "unpaired_preference")  # kinds with a `prompt` column
 ANSWER_COLUMNS = ("completion", "chosen", "rejected", "label")  # the answers those kinds carry beside the prompt
 _TEXT_COLUMNS = {
@@ -34,6 +37,7 @@ _TEXT_COLUMNS = {
     "prompt_only": ("prompt",),
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired_preference": ("prompt", "completion"),
+    "stepwise_supervision": ("prompt",),
 }
 _PROBES = ("messages", "chosen", "completion", "prompt")  # the column whose type says standard or conversational
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -51,6 +55,8 @@ class DataFormat:
 
 def detect_kind(columns) -> str | None:
     columns = set(columns)
+    if {"prompt", "completions", "labels"} <= columns:
+        return "stepwise_supervision"
     if {"chosen", "rejected"} <= columns:
         return "preference"
     if {"completion", "label"} <= columns:
@@ -149,14 +155,19 @@ def _as_number(row: dict, column: str, place: str) -> None:
 
 
 def split_implicit_prompt(chosen, rejected):
-    """(prompt, chosen, rejected) from two full texts or conversations that share a prefix."""
-    if isinstance(chosen, list):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-            shared += 1
-        return chosen[:shared], chosen[shared:], rejected[shared:]
-    shared = len(os.path.commonprefix([chosen, rejected]))
-    cut = max(chosen.rfind(" ", 0, shared), chosen.rfind("\n", 0, shared)) + 1 if shared < len(chosen) else shared
+    """(prompt, chosen, rejected) from two full texts or conversations, as TRL's `extract_prompt` splits them.
+
+    The prompt is the longest common prefix (of characters, or of whole messages); a space just before the
+    first difference goes to the completions (`"The sky is"`, `" blue."`), which is where a BPE tokenizer puts
+    it. When one is a prefix of the other, the last shared character or message stays with the completions,
+    so neither is left empty (as in TRL, where the loop runs out at the shorter one's last index).
+    """
+    shorter = min(len(chosen), len(rejected))
+    cut = next((i for i in range(shorter) if chosen[i] != rejected[i]), None)
+    if cut is None:
+        cut = max(shorter - 1, 0)
+    elif cut > 0 and chosen[cut - 1] == " ":  # only a string has " " elements
+        cut -= 1
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
@@ -247,6 +258,10 @@ def screen_nulls(rows: list[dict], fmt: DataFormat, source: str) -> tuple[list[d
 
 
 def require_kind(fmt: DataFormat, allowed: tuple[str, ...], source: str, stage: str, hint: str = "") -> None:
+    if fmt.kind == "stepwise_supervision" and fmt.kind not in allowed:
+        raise AlignkitError(f"{source} holds stepwise-supervision rows (prompt, completions, labels: one label per reasoning step, "
+                            f"for process reward models), which no alignkit stage trains on; {stage} needs "
+                            f"{' or '.join(k.replace('_', '-') for k in allowed)} data{hint}")
     if fmt.kind not in allowed:
         wanted = " or ".join(k.replace("_", "-") for k in allowed)
         raise AlignkitError(f"{source} is {fmt} data, but {stage} needs {wanted} data{hint}")
@@ -264,6 +279,29 @@ def load_dataset(source, allowed: tuple[str, ...], stage: str, split: str = "tra
         if isinstance(row, Row):
             row.screening = screening
     return rows, fmt
+
+
+def load_with_holdout(source, allowed: tuple[str, ...], stage: str, split: str = "train", eval_fraction: float = 0.0,
+                      seed: int = 0, hint: str = "", eval_data: str = "", read=None) -> tuple[list[dict], DataFormat, list[dict], DataFormat]:
+    """(train rows, their format, held-out rows, their format) for a stage, the held-out rows from, in order:
+
+    1. `eval_data` (its `test` split where it has splits), when given;
+    2. the source's own `test` split, when it has one besides `split` (a `save_to_disk` DatasetDict, a hub
+       dataset, or a folder whose file names mark splits: `train.jsonl` / `test.jsonl`, `sft_train.jsonl` / ...);
+    3. a seeded `eval_fraction` of the training rows (`split_holdout`).
+
+    `read(source, allowed, stage, split, hint) -> (rows, fmt)` reads one split (default `load_dataset`; a recipe
+    that converts rows, like KTO's `from_preference`, passes its own).
+    """
+    read = read or load_dataset
+    rows, fmt = read(source, allowed, stage, split, hint)
+    if eval_data:
+        eval_rows, eval_fmt = read(eval_data, allowed, f"{stage} evaluation", HELD_OUT_SPLIT, hint)
+    elif split != HELD_OUT_SPLIT and has_split(source, split) and has_split(source, HELD_OUT_SPLIT):
+        eval_rows, eval_fmt = read(source, allowed, f"{stage} evaluation", HELD_OUT_SPLIT, hint)
+    else:
+        (rows, eval_rows), eval_fmt = split_holdout(rows, eval_fraction, seed), fmt
+    return rows, fmt, eval_rows, eval_fmt
 
 
 def preference_to_unpaired(rows: list[dict]) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Sources: JSONL, JSON (a list of objects, or jsonlines), Parquet and CSV files; a
 directory written by `datasets.save_to_disk`; a directory of such files; or a hub
-dataset id (`owner/name`), read through `datasets.load_dataset`.
+dataset id (`owner/name`), read through `datasets.load_dataset`. `has_split` says
+whether a source has a split of its own (a DatasetDict's `test`, `test.jsonl` in a folder).
 
 Every failure names the file and, where there is one, the row. Rows are numbered
 from 1 in every format: the Nth object of a JSON file or line of a JSONL file, the
@@ -70,6 +71,36 @@ def load_rows(source: str | os.PathLike, split: str = "train") -> list[dict]:
     if not rows:
         raise AlignkitError(f"{source} is empty: it holds no rows")
     return rows
+
+
+def has_split(source: str | os.PathLike, split: str) -> bool:
+    """Whether `source` holds a split named `split` of its own: a `save_to_disk` DatasetDict with it, a folder
+    with files named for it (`split.jsonl`, `split-*.parquet`, `*_split.jsonl`), or a hub dataset listing it.
+    A single file, a single saved Dataset and a folder whose files name no split have none."""
+    path = Path(source)
+    if path.is_file():
+        return False
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            try:
+                return split in json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+            except (ValueError, OSError, AttributeError):
+                return False
+        return bool(_split_files(path, split)) and not (path / "dataset_info.json").is_file()
+    if _is_hub_id(str(source)):
+        try:
+            from datasets import get_dataset_split_names
+
+            return split in get_dataset_split_names(str(source))
+        except Exception:  # offline, private or missing: no split known, so the training rows give the held-out ones
+            return False
+    return False
+
+
+def _split_files(path: Path, split: str) -> list[Path]:
+    """The data files of folder `path` named for `split`."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES and p.is_file())
+    return [p for p in files if p.stem == split or p.stem.startswith(f"{split}-") or p.stem.endswith(f"_{split}")]
 
 
 def _is_hub_id(text: str) -> bool:
@@ -245,8 +276,7 @@ def _read_directory(path: Path, split: str) -> list[dict]:
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         return _read_saved_dataset(path, split)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES and p.is_file())
-    matching = [p for p in files if p.stem == split or p.stem.startswith(f"{split}-") or p.stem.endswith(f"_{split}")]
-    chosen = matching or files
+    chosen = _split_files(path, split) or files
     if not chosen:
         raise AlignkitError(f"{path}: a directory with no dataset in it (no .jsonl/.json/.parquet/.csv files and no save_to_disk output)")
     return [row for file in chosen for row in _read_file(file)]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from alignkit.data.formats import load_dataset
-from alignkit.data.split import split_holdout
-from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions, is_empty
+from alignkit.data.formats import load_with_holdout
+from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_prompt_completions, is_empty, row_number
 from alignkit.errors import AlignkitError
 
 log = logging.getLogger("alignkit")
@@ -79,14 +78,11 @@ def load_reward_data(config, tokenizer):
     """Tokenized train and held-out pairs, with their reports."""
     if not config.data:
         raise AlignkitError("no training data: set `data:` in the config or pass --data FILE (preference rows: prompt, chosen, rejected)")
-    rows, fmt = load_dataset(config.data, ("preference",), "reward modeling", config.data_split, hint=PREFERENCE_HINT)
-    numbered = list(enumerate(rows, start=1))
-    if config.eval_data:
-        eval_rows, _ = load_dataset(config.eval_data, ("preference",), "reward modeling evaluation", "test", hint=PREFERENCE_HINT)
-        eval_numbered, eval_source = list(enumerate(eval_rows, start=1)), config.eval_data
-    else:
-        numbered, eval_numbered = split_holdout(numbered, config.eval_fraction, config.seed)
-        eval_source = f"{config.data} (held out)"
+    rows, fmt, eval_rows, _ = load_with_holdout(config.data, ("preference",), "reward modeling", config.data_split, config.eval_fraction,
+                                                config.seed, hint=PREFERENCE_HINT, eval_data=config.eval_data)
+    numbered = [(row_number(row, i), row) for i, row in enumerate(rows, start=1)]
+    eval_numbered = [(row_number(row, i), row) for i, row in enumerate(eval_rows, start=1)]
+    eval_source = config.eval_data or f"{config.data} (held out)"
     train, report = tokenize_pairs(numbered, tokenizer, config, config.data)
     held_out, eval_report = tokenize_pairs(eval_numbered, tokenizer, config, eval_source) if eval_numbered else ([], None)
     log.info(report.summary(f"{config.data} ({fmt})"))

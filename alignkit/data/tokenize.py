@@ -1,15 +1,34 @@
-"""Turning rows into token ids and loss masks through the tokenizer's chat template.
+"""Turning rows into token ids and loss masks, through the tokenizer's chat template or as raw text.
 
 Mask convention (as everywhere in alignkit): 1 = the token counts in the loss.
 
-Every row becomes one rendered string plus the character spans the model should
-learn: the completion of a prompt-completion row, every assistant turn of a
-multi-turn `messages` row, the whole of a `text` row. The end-of-turn token the
-template writes (SmolLM2: `<|im_end|>`) sits inside the span, so the model learns
-to stop; a template that writes none gets the tokenizer's EOS appended. Spans are
-mapped to tokens with the fast tokenizer's offsets, so the mask is exact whatever
-the template looks like, as long as rendering a conversation's first turns gives
-a prefix of rendering all of it (checked, with a clear error otherwise).
+Which rows go through the chat template is the `chat_template` setting (`ModelArgs`),
+carried by the tokenizer itself (`set_chat_template`, called by `models.load.load_tokenizer`;
+saved with it in tokenizer_config.json, so a trained model remembers it), so every caller
+that encodes with that tokenizer (training, generation, rollouts, reward-model scoring)
+renders the same way:
+
+- `auto` (the default, TRL's rule): conversational rows (lists of messages) go through
+  the template; standard rows (strings) stay raw text, tokenized as TRL does: the prompt
+  alone and prompt + completion + EOS (the EOS *string*, unless the completion already
+  ends with it), each with the tokenizer's own special tokens (a BOS where the tokenizer
+  adds one, so once, at the start); the completion is what follows the two sequences'
+  common token prefix (`common_prefix_length`).
+- `always`: standard rows too, as one user turn (the prompt) and one assistant turn.
+- `never`: raw text only; conversational rows are refused.
+
+`text` rows are raw text in every mode (their tokens plus EOS are learned).
+
+Through the template, every row becomes one rendered string plus the character spans
+the model should learn: the completion of a prompt-completion row, every assistant
+turn of a multi-turn `messages` row. The end-of-turn token the template writes
+(SmolLM2: `<|im_end|>`) sits inside the span, so the model learns to stop, and what the
+template writes after it (ChatML's newline) is left out: a completion ends where
+generation stops (TRL keeps that tail in its completion masks); a template that writes
+no EOS gets the tokenizer's EOS appended. Spans are mapped to tokens with the fast
+tokenizer's offsets, so the mask is exact whatever the template looks like, as long as
+rendering a conversation's first turns gives a prefix of rendering all of it (checked,
+with a clear error otherwise).
 
 Too-long rows are truncated on the prompt side (`truncation_side`) or dropped
 (`truncation_mode`); either way they are counted in a `TokenizeReport`.
@@ -19,6 +38,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from alignkit.data.formats import DataFormat
 from alignkit.errors import AlignkitError
@@ -136,12 +156,113 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer, prompt, use_template: bool = True) -> str:
-    """The text a model continues to answer `prompt` (a string or message list)."""
-    if use_template and has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
-    if isinstance(prompt, list):
-        return "\n\n".join(m["content"] for m in prompt) + "\n\n"
+# ---------------------------------------------------------------- the chat_template switch
+
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+MODE_KEY = "alignkit_chat_template"  # where the tokenizer carries the mode (tokenizer_config.json once saved)
+
+
+def read_chat_template(path: str) -> str:
+    """The Jinja template in `path` (a file, or a folder holding chat_template.jinja), checked to compile."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # what transformers renders chat templates with
+
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "chat_template.jinja"
+    if not file.is_file():
+        raise AlignkitError(f"chat_template_path: {path} does not exist{' (no chat_template.jinja in that folder)' if Path(path).is_dir() else ''}; "
+                            f"point it to a Jinja chat template file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlignkitError(f"chat_template_path: {file} byte {exc.start} is not UTF-8; save the template as UTF-8 text") from None
+    if not text.strip():
+        raise AlignkitError(f"chat_template_path: {file} is empty; it must hold a Jinja chat template")
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except TemplateSyntaxError as exc:
+        raise AlignkitError(f"chat_template_path: {file} line {exc.lineno}: {exc.message}; fix the Jinja template") from None
+    return text
+
+
+def set_chat_template(tokenizer, mode: str = "auto", path: str = ""):
+    """Gives `tokenizer` the `chat_template` mode (and the template in `path`, when given); returns it.
+
+    Both are saved with the tokenizer (`save_pretrained`), so a model trained with them renders its prompts
+    the same way wherever it is loaded next (evaluation, reward-model scoring, a later stage).
+    """
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise AlignkitError(f"chat_template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; got {mode!r}")
+    if path:
+        tokenizer.chat_template = read_chat_template(path)
+    tokenizer.init_kwargs[MODE_KEY] = mode
+    return tokenizer
+
+
+def chat_template_mode(tokenizer, mode=None) -> str:
+    """The mode in force: `mode` when given (a mode name; True = the tokenizer's own, False = never, for the
+    older `use_template` flag), else the tokenizer's (`set_chat_template`, or what it was saved with), else auto."""
+    if isinstance(mode, str):
+        return mode
+    if mode is False:
+        return "never"
+    return (getattr(tokenizer, "init_kwargs", None) or {}).get(MODE_KEY, "auto")
+
+
+def is_conversational(value) -> bool:
+    return isinstance(value, list)
+
+
+def uses_template(tokenizer, *values, mode=None) -> bool:
+    """Whether a row made of `values` (its prompt, completions, ...) goes through the chat template.
+
+    A row is conversational when any of them is a message list (a string prompt then becomes a user turn).
+    """
+    mode, conversational = chat_template_mode(tokenizer, mode), any(is_conversational(v) for v in values)
+    if mode == "never":
+        if conversational:
+            raise AlignkitError("chat_template is never (raw text only), but these rows are conversational (lists of "
+                                "messages), which only a chat template can render; set chat_template: auto")
+        return False
+    use = conversational or mode == "always"
+    if use and not has_chat_template(tokenizer):
+        why = "these rows are conversational (lists of messages)" if conversational else "chat_template is always"
+        raise AlignkitError(f"{why}, but the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model') or 'this model'} has no chat "
+                            f"template; set chat_template_path to a Jinja template file{'' if conversational else ', or chat_template: auto for raw text'}")
+    return use
+
+
+def common_prefix_length(ids: list[int], other: list[int]) -> int:
+    """How many leading tokens `ids` and `other` share (TRL's `common_prefix_length`)."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def with_eos(tokenizer, completion: str) -> str:
+    """`completion` ending in the EOS string, as TRL appends it to standard completions (not twice)."""
+    eos = tokenizer.eos_token
+    return completion + eos if eos and not completion.endswith(eos) else completion
+
+
+def encode_raw(tokenizer, prompt: str, completions: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Standard rows as raw text, as TRL tokenizes them (DPO/KTO/SFT `tokenize_fn`): the prompt alone and each
+    prompt + completion + EOS with the tokenizer's special tokens; the completions start where the first
+    completion to diverge from the tokenized prompt does, so prompt + completion is always the full sequence."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full = [tokenizer(prompt + with_eos(tokenizer, c))["input_ids"] for c in completions]
+    cut = min(common_prefix_length(prompt_ids, ids) for ids in full)
+    return prompt_ids[:cut], [ids[cut:] for ids in full]
+
+
+def render_prompt(tokenizer, prompt, chat_template=None) -> str:
+    """The text a model continues to answer `prompt` (a string or message list), under the `chat_template` mode."""
+    if uses_template(tokenizer, prompt, mode=chat_template):
+        return _render(tokenizer, as_messages(prompt, "user"), generation_prompt=True)
     return prompt
 
 
@@ -183,27 +304,32 @@ def render_with_spans(tokenizer, messages: list[dict], train_on: str = "assistan
     return full, spans, ends_in_eos
 
 
-def _plain_with_spans(prompt, completion) -> tuple[str, list[tuple[int, int]]]:
-    """No chat template: prompt text then completion text; the completion is learned."""
-    prompt_text = render_prompt(None, prompt, use_template=False) if prompt else ""
-    completion_text = completion if isinstance(completion, str) else "\n\n".join(m["content"] for m in completion)
-    return prompt_text + completion_text, [(len(prompt_text), len(prompt_text) + len(completion_text))]
-
-
-def row_to_text(tokenizer, row: dict, fmt: DataFormat, use_template: bool = True) -> tuple[str, list[tuple[int, int]], bool]:
-    """(text, spans, ends_in_eos) for an SFT row of any supported kind."""
-    if fmt.kind == "language_modeling" and "text" in row:
-        return row["text"], [(0, len(row["text"]))], False
+def row_to_text(tokenizer, row: dict, fmt: DataFormat) -> tuple[str, list[tuple[int, int]], bool]:
+    """(text, spans, ends_in_eos) of an SFT row that goes through the chat template (a `messages` row, or a
+    prompt-completion row `uses_template` sends there)."""
     if fmt.kind == "language_modeling":
         messages = row["messages"]
         if not any(m["role"] == "assistant" for m in messages):
             return "", [], False
         return render_with_spans(tokenizer, messages, "assistant")
-    prompt, completion = row.get("prompt") or [], row["completion"]
-    if use_template and has_chat_template(tokenizer):
-        messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
-        return render_with_spans(tokenizer, messages, "last")
-    return (*_plain_with_spans(prompt, completion), False)
+    messages = as_messages(row.get("prompt") or [], "user") + as_messages(row["completion"], "assistant")
+    return render_with_spans(tokenizer, messages, "last")
+
+
+def raw_sft_row(tokenizer, row: dict, fmt: DataFormat) -> tuple[list[int], list[int]]:
+    """(ids, mask) of an SFT row kept as raw text, as TRL's SFT tokenizes it: a `text` row (+ EOS) is learned
+    whole; a standard prompt-completion row learns the completion + EOS (`encode_raw`)."""
+    if fmt.kind == "language_modeling":
+        ids = tokenizer(with_eos(tokenizer, row["text"]))["input_ids"]
+        return ids, [1] * len(ids)
+    prompt_ids, (completion_ids,) = encode_raw(tokenizer, row.get("prompt") or "", [row["completion"]])
+    return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+
+
+def _is_templated(tokenizer, row: dict, fmt: DataFormat, mode=None) -> bool:
+    if fmt.kind == "language_modeling":
+        return "text" not in row and uses_template(tokenizer, row["messages"], mode=mode)
+    return uses_template(tokenizer, row.get("prompt") or "", row["completion"], mode=mode)
 
 
 def spans_to_mask(offsets, spans) -> list[int]:
@@ -243,9 +369,25 @@ def _empty_answer(row: dict, fmt: DataFormat) -> str | None:
     return "empty completion" if is_empty(answers) else None
 
 
+def _templated_sft_rows(tokenizer, rows: list[dict], fmt: DataFormat) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of rows that go through the chat template, tokenized in one batch (spans -> mask by offsets)."""
+    rendered = [row_to_text(tokenizer, row, fmt) for row in rows]
+    encoded = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True) if rendered else {}
+    out = []
+    for (_, spans, ends_in_eos), ids, offsets in zip(rendered, encoded.get("input_ids", []), encoded.get("offset_mapping", [])):
+        mask = spans_to_mask(offsets, spans)
+        if not ends_in_eos and tokenizer.eos_token_id is not None and spans:
+            ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
+        out.append((list(ids), mask))
+    return out
+
+
 def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, truncation_side: str = "left",
-                 truncation_mode: str = "truncate", use_template: bool = True) -> tuple[list[dict], TokenizeReport]:
-    """SFT examples `{"input_ids", "loss_mask"}` and the report of what was cut or dropped."""
+                 truncation_mode: str = "truncate", chat_template=None) -> tuple[list[dict], TokenizeReport]:
+    """SFT examples `{"input_ids", "loss_mask"}` and the report of what was cut or dropped.
+
+    `chat_template` overrides the tokenizer's mode (see the module docstring).
+    """
     report = TokenizeReport(rows=len(rows))
     usable = []
     for position, row in enumerate(rows, 1):
@@ -254,15 +396,13 @@ def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, 
             report.drop(empty, row_number(row, position))
         else:
             usable.append((row_number(row, position), row))
-    rendered = [row_to_text(tokenizer, row, fmt, use_template) for _, row in usable]
-    encoded = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True) if rendered else {}
+    templated = [_is_templated(tokenizer, row, fmt, chat_template) for _, row in usable]
+    through_template = iter(_templated_sft_rows(tokenizer, [row for (_, row), t in zip(usable, templated) if t], fmt))
     examples = []
-    for (number, _), (_, spans, ends_in_eos), ids, offsets in zip(usable, rendered, encoded.get("input_ids", []), encoded.get("offset_mapping", [])):
-        mask = spans_to_mask(offsets, spans)
+    for (number, row), template in zip(usable, templated):
+        ids, mask = next(through_template) if template else raw_sft_row(tokenizer, row, fmt)
         if mask:
             mask[0] = 0  # the first token has no predecessor to predict it from
-        if not ends_in_eos and tokenizer.eos_token_id is not None and spans:
-            ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
         if not any(mask):
             report.drop("nothing to learn (no assistant turn)", number)
             continue
@@ -281,22 +421,33 @@ def tokenize_sft(rows: list[dict], fmt: DataFormat, tokenizer, max_length: int, 
     return examples, report
 
 
-def encode_prompt(tokenizer, prompt, use_template: bool = True) -> list[int]:
-    return tokenizer(render_prompt(tokenizer, prompt, use_template), add_special_tokens=False)["input_ids"]
+def _template_prompt_ids(tokenizer, prompt) -> list[int]:
+    return tokenizer(_render(tokenizer, as_messages(prompt, "user"), generation_prompt=True), add_special_tokens=False)["input_ids"]
 
 
-def encode_completions(tokenizer, prompt, completions: list, use_template: bool = True) -> tuple[list[int], list[list[int]]]:
+def encode_prompt(tokenizer, prompt, chat_template=None) -> list[int]:
+    """The ids a model continues to answer `prompt`: through the chat template (no special tokens added: the
+    template writes them) or, as raw text, the prompt with the tokenizer's special tokens (a BOS where it adds one)."""
+    if uses_template(tokenizer, prompt, mode=chat_template):
+        return _template_prompt_ids(tokenizer, prompt)
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode_completions(tokenizer, prompt, completions: list, chat_template=None) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and, for each completion, its ids (ending in EOS) as continued after that prompt.
 
-    The prompt ids are those the model sees at generation time, so a log-prob computed
-    here is the log-prob of sampling that completion.
+    The prompt ids are those the model sees at generation time (`encode_prompt`), so a log-prob computed
+    here is the log-prob of sampling that completion. A row is rendered one way whole: through the chat
+    template when `uses_template` says so for its prompt and completions together, else as raw text
+    (`encode_raw`, TRL's tokenization). `chat_template` overrides the tokenizer's mode.
     """
-    prompt_ids = encode_prompt(tokenizer, prompt, use_template)
+    if not uses_template(tokenizer, prompt, *completions, mode=chat_template):
+        return encode_raw(tokenizer, prompt, completions)
+    prompt_ids = _template_prompt_ids(tokenizer, prompt)
     out = []
     for completion in completions:
         row = {"prompt": prompt, "completion": completion}
-        fmt = DataFormat("prompt_completion", isinstance(completion, list))
-        text, spans, ends_in_eos = row_to_text(tokenizer, row, fmt, use_template)
+        text, spans, ends_in_eos = row_to_text(tokenizer, row, DataFormat("prompt_completion", True))
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, mask = enc["input_ids"], spans_to_mask(enc["offset_mapping"], spans)
         end = len(mask) - mask[::-1].index(1) if 1 in mask else len(ids)  # drop what the template adds after EOS

@@ -102,7 +102,7 @@ def sample_pairs(model, tokenizer, rows: list[dict], rewards, samples: int = 4, 
         rollout = generate(model, tokenizer, ids[start:start + per_chunk], group_size=samples, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, bf16=bf16)
         result = rewards([chunk[i]["prompt"] for i in rollout.prompt_index], rollout.responses,
-                         prompt_columns(chunk, rollout.prompt_index), update_stats=False)
+                         prompt_columns(chunk, rollout.prompt_index), update_stats=False, completion_ids=rollout.response_ids)
         responses += rollout.responses
         scores.append(result.raw)
         valid.append(result.valid & (rollout.finished | keep_truncated))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data.tokenize import chat_template_mode, set_chat_template
 from alignkit.errors import AlignkitError
 from alignkit.models.embedded import ALIASES
 
@@ -108,8 +109,12 @@ def adapter_base(path: str) -> str:
     return base
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token (EOS when the model has none) and left padding off by default."""
+def load_tokenizer(name: str, trust_remote_code: bool = False, chat_template: str | None = None, chat_template_path: str = ""):
+    """The tokenizer, with a pad token (EOS when the model has none) and left padding off by default.
+
+    `chat_template` (auto, always, never) and `chat_template_path` are `ModelArgs`' (see `data.tokenize.set_chat_template`);
+    left out, the tokenizer keeps the mode it was saved with (a model trained by alignkit), else auto.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
@@ -121,6 +126,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         raise _hub_error(name, exc, path) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template is not None or chat_template_path:
+        set_chat_template(tokenizer, chat_template or chat_template_mode(tokenizer), chat_template_path)
     return tokenizer
 
 
@@ -193,7 +200,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
 
 def load_policy(args, model_class=None, **kwargs):
     """Model and tokenizer for a training stage from `ModelArgs` fields (LoRA, dtype, checkpointing)."""
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.chat_template, args.chat_template_path)
     model = load_causal_lm(args.model, args.dtype, args.trust_remote_code, model_class=model_class,
                            allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", False), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:

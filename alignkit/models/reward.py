@@ -110,7 +110,7 @@ def load_reward_backbone(args):
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.chat_template, args.chat_template_path)
     with _quiet_loading():  # "score.weight newly initialised" is the point, not a problem
         model = load_causal_lm(args.model, args.dtype, args.trust_remote_code, model_class=AutoModelForSequenceClassification, num_labels=1)
     base = unwrap(model)

@@ -2,7 +2,20 @@
 and a weighted sum of several.
 
 Every source is called as `source(prompts, responses, columns) -> list[float]` where
-`columns` holds the prompt rows' other columns, one value per response. `Rewards`
+`columns` holds the prompt rows' other columns, one value per response. A Python function
+is called in one of two ways, told apart by its signature (`function_style`):
+
+- alignkit's: `fn(prompts, responses, **columns)`, responses as strings;
+- TRL's (a `completions` parameter, or only `**kwargs`): `fn(prompts=..., completions=...,
+  completion_ids=..., **columns)`, as TRL's GRPOTrainer calls it: for conversational prompts
+  (message lists) each completion is `[{"role": "assistant", "content": text}]`, for standard
+  prompts a string; `completion_ids` are each completion's token ids (EOS included when it
+  stopped there): the sampled ids where the caller passes them (training rollouts), else the
+  text re-tokenized (no special tokens) with the tokenizer the source was built with, else None.
+  TRL's `trainer_state`, `log_extra` and `log_metric` keywords are not passed; a function without
+  `**kwargs` gets only the keywords it names. An `async def` function is awaited.
+
+`Rewards`
 combines sources and then applies, in order: the weighted sum, running normalisation
 (optional) and clipping (optional). Bad values never pass silently:
 
@@ -29,8 +42,10 @@ Config form (`rewards:` in a PPO/GRPO config), a list of sources:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -118,22 +133,76 @@ def _import_reward_module(module_name: str):
     return module
 
 
-class FunctionReward:
-    """A Python function `fn(prompts, responses, **columns) -> list[float]`."""
+TRL_KEYWORDS = ("prompts", "completions", "completion_ids")  # what TRL passes besides the dataset's columns
 
-    def __init__(self, function, name: str | None = None):
+
+def _parameters(function) -> list | None:
+    try:
+        return list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return None
+
+
+def function_style(function) -> str:
+    """`trl` for a function that takes TRL's keywords (a `completions` parameter, or nothing but `**kwargs`),
+    else `alignkit` (`fn(prompts, responses, **columns)`)."""
+    parameters = _parameters(function) or []
+    only_kwargs = bool(parameters) and all(p.kind == p.VAR_KEYWORD for p in parameters)
+    return "trl" if "completions" in {p.name for p in parameters} or only_kwargs else "alignkit"
+
+
+def _accepted_keywords(function) -> set | None:
+    """The keyword names `function` takes, or None when it takes any (`**kwargs`)."""
+    parameters = _parameters(function)
+    if parameters is None or any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def as_completions(prompts: list, responses: list[str]) -> list:
+    """Responses in TRL's form: `[{"role": "assistant", "content": text}]` after a conversational prompt, else the text."""
+    return [[{"role": "assistant", "content": r}] if isinstance(p, list) else r for p, r in zip(prompts, responses)]
+
+
+class FunctionReward:
+    """A Python function, called the alignkit way (`fn(prompts, responses, **columns)`) or TRL's (see the module docstring).
+
+    `tokenizer` (optional) re-tokenizes responses into `completion_ids` for a TRL-style function when the caller
+    passes no ids.
+    """
+
+    def __init__(self, function, name: str | None = None, tokenizer=None):
         self.function = resolve_function(function) if isinstance(function, str) else function
         self.name = name or (function if isinstance(function, str) else getattr(function, "__name__", "function"))
+        self.style, self.tokenizer = function_style(self.function), tokenizer
+        self.accepts = _accepted_keywords(self.function)  # a TRL-style function without **kwargs gets only what it names
 
-    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None) -> list[float]:
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None, completion_ids: list | None = None) -> list[float]:
+        columns = columns or {}
         try:
-            values = self.function(prompts, responses, **(columns or {}))
+            if self.style == "trl":
+                values = self._call_trl(prompts, responses, columns, completion_ids)
+            else:
+                values = self.function(prompts, responses, **columns)
         except AlignkitError:
             raise
         except Exception as exc:  # the user's code: report it, with its own message
+            how = ("fn(prompts=..., completions=..., completion_ids=..., **columns) as TRL calls it" if self.style == "trl"
+                   else "fn(prompts, responses, **columns)")
             raise AlignkitError(f"reward function {self.name} raised {type(exc).__name__}: {exc}; it is called as "
-                                f"fn(prompts, responses, **columns) with {len(responses)} responses") from exc
+                                f"{how}, with {len(responses)} responses") from exc
         return _check_values(values, len(responses), f"function {self.name}")
+
+    def _call_trl(self, prompts: list, responses: list[str], columns: dict, completion_ids: list | None):
+        if completion_ids is None and self.tokenizer is not None:
+            completion_ids = [self.tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+        keywords = {k: v for k, v in columns.items() if k not in TRL_KEYWORDS}
+        keywords.update(prompts=prompts, completions=as_completions(prompts, responses),
+                        completion_ids=[list(ids) for ids in completion_ids] if completion_ids is not None else None)
+        if self.accepts is not None:
+            keywords = {k: v for k, v in keywords.items() if k in self.accepts}
+        values = self.function(**keywords)
+        return asyncio.run(values) if inspect.iscoroutine(values) else values
 
 
 class HTTPReward:
@@ -293,12 +362,22 @@ class Rewards:
         self.sources, self.normalize, self.clip, self.on_invalid = sources, normalize, clip, on_invalid
         self.moments = RunningMoments()
 
-    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None, update_stats: bool = True) -> RewardResult:
-        """Scores `responses`; `update_stats=False` (evaluation) leaves the running statistics alone."""
+    def __call__(self, prompts: list, responses: list[str], columns: dict | None = None, update_stats: bool = True,
+                 completion_ids: list | None = None) -> RewardResult:
+        """Scores `responses`; `update_stats=False` (evaluation) leaves the running statistics alone.
+
+        `completion_ids` (each response's sampled token ids, when the caller has them) reach TRL-style functions.
+        """
+        return self.finish(*self.raw_scores(prompts, responses, columns, completion_ids), update_stats)
+
+    def raw_scores(self, prompts: list, responses: list[str], columns: dict | None = None,
+                   completion_ids: list | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(raw (N,), valid (N,), per-source means): the weighted sum of the sources, before any normalisation."""
         total = torch.zeros(len(responses), dtype=torch.float32)
         per_source, valid = {}, torch.ones(len(responses), dtype=torch.bool)
         for name, source, weight in self.sources:
-            values = torch.tensor(source(prompts, responses, columns or {}), dtype=torch.float32)
+            ids = {"completion_ids": completion_ids} if completion_ids is not None and isinstance(source, FunctionReward) else {}
+            values = torch.tensor(source(prompts, responses, columns or {}, **ids), dtype=torch.float32)
             bad = ~torch.isfinite(values)
             if bad.any() and self.on_invalid == "error":
                 first = int(bad.nonzero()[0]) + 1
@@ -310,15 +389,20 @@ class Rewards:
             total += weight * values
         if not valid.any():
             raise AlignkitError(f"every reward in the batch of {len(responses)} was NaN/None/inf; check the reward source")
-        normalized = total.clone()
+        return total, valid, per_source
+
+    def finish(self, raw: torch.Tensor, valid: torch.Tensor, per_source: dict, update_stats: bool = True) -> RewardResult:
+        """The normalised and clipped rewards of raw scores (N,) already computed (by `__call__`, or gathered over
+        several generation rounds by dynamic sampling, so that the running statistics see each response once)."""
+        normalized = raw.clone()
         if self.normalize:
             if update_stats:
-                self.moments.update(total[valid])
-            normalized = (total - self.moments.mean) / (self.moments.std + 1e-8)
+                self.moments.update(raw[valid])
+            normalized = (raw - self.moments.mean) / (self.moments.std + 1e-8)
         if self.clip > 0:
             normalized = normalized.clamp(-self.clip, self.clip)
         normalized = torch.where(valid, normalized, torch.zeros_like(normalized))
-        return RewardResult(raw=total, normalized=normalized, valid=valid, per_source=per_source)
+        return RewardResult(raw=raw, normalized=normalized, valid=valid, per_source=per_source)
 
     def state_dict(self) -> dict:
         """The running normalisation statistics (the sources themselves hold no state)."""
@@ -328,11 +412,16 @@ class Rewards:
         self.moments.load_state_dict(state["moments"])
 
 
-def build_rewards(specs: list[dict], normalize: bool = False, clip: float = 0.0, on_invalid: str = "skip") -> Rewards:
-    """`Rewards` from a list of source specs ({type, weight, ...}); see the module docstring."""
+def build_rewards(specs: list[dict], normalize: bool = False, clip: float = 0.0, on_invalid: str = "skip", tokenizer=None) -> Rewards:
+    """`Rewards` from a list of source specs ({type, weight, ...}); see the module docstring.
+
+    `tokenizer` (the policy's) lets TRL-style functions get `completion_ids` when a caller passes none.
+    """
     check_reward_specs(specs)  # every entry, before the first source loads a model
     sources = []
     for spec in specs:
         source = REWARD_SOURCES[spec["type"]](spec)
+        if isinstance(source, FunctionReward):
+            source.tokenizer = tokenizer
         sources.append((source.name, source, float(spec.get("weight", 1.0))))
     return Rewards(sources, normalize, clip, on_invalid)

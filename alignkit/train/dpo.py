@@ -15,8 +15,7 @@ from functools import partial
 import torch
 
 from alignkit.config import DPOConfig, config_with_overrides
-from alignkit.data.formats import load_dataset
-from alignkit.data.split import split_holdout
+from alignkit.data.formats import load_with_holdout
 from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop, pair_problem, row_number
 from alignkit.errors import AlignkitError
 from alignkit.losses.preference import PREFERENCE_LOSSES, PairLogps, preference_loss
@@ -57,11 +56,8 @@ def load_pairs(config, tokenizer):
     if not config.data:
         raise AlignkitError("no training data: set `data:` in the config or pass --data FILE")
     hint = "; unpaired (prompt, completion, label) rows go to `alignkit kto`"
-    rows, fmt = load_dataset(config.data, PAIR_KINDS, "DPO", config.data_split, hint=hint)
-    if config.eval_data:
-        eval_rows, _ = load_dataset(config.eval_data, PAIR_KINDS, "DPO evaluation", "test", hint=hint)
-    else:
-        rows, eval_rows = split_holdout(rows, config.eval_fraction, config.seed)
+    rows, fmt, eval_rows, _ = load_with_holdout(config.data, PAIR_KINDS, "DPO", config.data_split, config.eval_fraction, config.seed,
+                                                hint=hint, eval_data=config.eval_data)
     tokenize = dict(max_length=config.max_length, truncation_side=config.truncation_side, truncation_mode=config.truncation_mode)
     train, report = tokenize_pairs(rows, tokenizer, **tokenize)
     held_out, eval_report = tokenize_pairs(eval_rows, tokenizer, **tokenize) if eval_rows else ([], None)

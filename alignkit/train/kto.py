@@ -18,8 +18,7 @@ from functools import partial
 import torch
 
 from alignkit.config import KTOConfig, config_with_overrides
-from alignkit.data.formats import load_dataset, preference_to_unpaired
-from alignkit.data.split import split_holdout
+from alignkit.data.formats import load_dataset, load_with_holdout, preference_to_unpaired
 from alignkit.data.tokenize import TokenizeReport, encode_completions, fit_or_drop, row_number, unpaired_problems
 from alignkit.errors import AlignkitError
 from alignkit.losses.kto import kto_kl_estimate, kto_loss
@@ -89,11 +88,9 @@ def load_unpaired(config, tokenizer):
     """Tokenized train and held-out rows (with KL partners) and their reports."""
     if not config.data:
         raise AlignkitError("no training data: set `data:` in the config or pass --data FILE")
-    rows = read_unpaired(config.data, config, "KTO", config.data_split)
-    if config.eval_data:
-        eval_rows = read_unpaired(config.eval_data, config, "KTO evaluation", "test")
-    else:
-        rows, eval_rows = split_holdout(rows, config.eval_fraction, config.seed)
+    read = lambda source, kinds, stage, split, hint: (read_unpaired(source, config, stage, split), None)  # noqa: E731
+    rows, _, eval_rows, _ = load_with_holdout(config.data, UNPAIRED_KINDS, "KTO", config.data_split, config.eval_fraction, config.seed,
+                                              eval_data=config.eval_data, read=read)
     tokenize = dict(max_length=config.max_length, truncation_side=config.truncation_side,
                     truncation_mode=config.truncation_mode, seed=config.seed)
     train, report = tokenize_unpaired(rows, tokenizer, **tokenize)

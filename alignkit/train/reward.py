@@ -30,7 +30,9 @@ from alignkit.models.load import count_parameters, load_tokenizer
 from alignkit.models.reward import CONFIG_KEY, ENSEMBLE_FILE, collate_pairs, load_reward_backbone, pair_rewards
 from alignkit.models.sequences import supports_shared_prompt
 from alignkit.models.wrapping import strip_wrappers
+from alignkit.train.hub import push_to_hub
 from alignkit.train.loop import BatchStream, global_sum, log
+from alignkit.train.model_card import write_model_cards
 from alignkit.train.run import (
     build_training, checkpoint, due, first_and_last_loss, log_step, optimizer_step, resume, Run, start_run, step_timing,
     steps_left,
@@ -202,7 +204,7 @@ def train_reward(config: RewardConfig) -> dict:
     """Trains a reward model (or an ensemble) end to end; returns the summary (also `<output_dir>/summary.json`)."""
     started = time.time()
     output_dir = Path(config.output_dir)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.chat_template, config.chat_template_path)
     train, held_out, report, eval_report = load_reward_data(config, tokenizer)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, output_dir / "config.yaml")
@@ -216,7 +218,11 @@ def train_reward(config: RewardConfig) -> dict:
         summary = {**common, **train_ensemble(config, train, held_out, output_dir), "seconds": time.time() - started}
     if PartialState().is_main_process:
         write_json(output_dir / "summary.json", summary)
+        members = [(output_dir / f"member-{i}", "model") for i in range(config.ensemble)] if config.ensemble > 1 else None
+        write_model_cards(config, "reward", summary, output_dir, [(output_dir, "model"), *members] if members else None)
         log.info(format_summary(summary))
+        if config.push_to_hub:  # an ensemble: its card and ensemble.json at the repo root, member-i/ beside them
+            push_to_hub(config, output_dir, [(output_dir, "", ["README.md", ENSEMBLE_FILE, "member-*"])] if members else None)
     return summary
 
 

@@ -15,8 +15,7 @@ import torch
 
 from alignkit.config import SFTConfig, config_with_overrides
 from alignkit.data.collate import collate_lm, collate_packed
-from alignkit.data.formats import load_dataset
-from alignkit.data.split import split_holdout
+from alignkit.data.formats import load_with_holdout
 from alignkit.data.tokenize import tokenize_sft
 from alignkit.errors import AlignkitError
 from alignkit.losses.sft import sft_loss
@@ -35,13 +34,9 @@ def load_sft_data(config: SFTConfig, tokenizer):
     """Tokenized train and held-out examples, with the report of truncated and dropped rows."""
     if not config.data:
         raise AlignkitError("no training data: set `data:` in the config or pass --data FILE")
-    rows, fmt = load_dataset(config.data, SFT_KINDS, "SFT", config.data_split,
-                             hint="; preference data goes to `alignkit reward` or `alignkit dpo`")
-    if config.eval_data:
-        eval_rows, eval_fmt = load_dataset(config.eval_data, SFT_KINDS, "SFT evaluation", "test")
-    else:
-        rows, eval_rows = split_holdout(rows, config.eval_fraction, config.seed)
-        eval_fmt = fmt
+    rows, fmt, eval_rows, eval_fmt = load_with_holdout(config.data, SFT_KINDS, "SFT", config.data_split, config.eval_fraction, config.seed,
+                                                       hint="; preference data goes to `alignkit reward` or `alignkit dpo`",
+                                                       eval_data=config.eval_data)
     tokenize = dict(max_length=config.max_length, truncation_side=config.truncation_side, truncation_mode=config.truncation_mode)
     train, report = tokenize_sft(rows, fmt, tokenizer, **tokenize)
     held_out, eval_report = tokenize_sft(eval_rows, eval_fmt, tokenizer, **tokenize) if eval_rows else ([], None)
