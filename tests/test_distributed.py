@@ -14,7 +14,7 @@ def test_two_ranks_match_one_rank_with_double_batch(tmp_path, tiny_path, write_j
     rows = [{"prompt": f"Spell {w}.", "completion": " ".join(w)} for w in ("cat", "house", "tree", "alignment", "x", "model", "reward", "policy")]
     data = write_jsonl(rows)
     common = ["sft", "--model", tiny_path, "--data", data, "--eval_fraction", "0", "--max_steps", "2", "--learning_rate", "1e-2",
-              "--mixed_precision", "no", "--report_to", "jsonl", "--max_grad_norm", "0", "--warmup_ratio", "0"]
+              "--mixed_precision", "no", "--report_to", "jsonl", "--max_grad_norm", "0", "--warmup_ratio", "0", "--chat_template", "always"]
     run = lambda *extra: subprocess.run([sys.executable, "-m", "alignkit.cli", *common, *extra],  # noqa: E731
                                         check=True, capture_output=True, text=True, timeout=600)
     run("--output_dir", str(tmp_path / "one"), "--batch_size", "4")

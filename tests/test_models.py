@@ -19,7 +19,8 @@ def test_embedded_model_answers_capital_of_france(embedded_path):
     model, tokenizer = load_causal_lm("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")
     assert resolve_model_path("smollm2-135m-instruct") == embedded_path
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576 and model.config.vocab_size == 49152
-    [answer] = generate_answers(model, tokenizer, ["What is the capital of France?"], max_new_tokens=20)
+    question = [{"role": "user", "content": "What is the capital of France?"}]  # conversational: through the chat template
+    [answer] = generate_answers(model, tokenizer, [question], max_new_tokens=20)
     assert "Paris" in answer
 
 

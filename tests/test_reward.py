@@ -16,7 +16,8 @@ from alignkit.losses.reward import accuracy_by_strength, bradley_terry_loss, pai
 from alignkit.train import reward
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, so -log sigmoid(ln 3) = ln(4/3) and -log sigmoid(-ln 3) = ln 4
-CRITIC_ARGS = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None)
+CRITIC_ARGS = types.SimpleNamespace(dtype="float32", trust_remote_code=False, lora_r=0, lora_alpha=16, target_modules=None,
+                                    allow_unsafe_pickle=False)
 TOPICS = ["cats", "the moon", "rivers", "bread", "trains", "music", "snow", "chess", "apples", "clouds", "tea", "maps"]
 
 
@@ -99,7 +100,8 @@ def test_accuracy_by_strength():
 def tiny_reward_model(tiny_path):
     from alignkit.models.reward import load_reward_backbone
 
-    args = types.SimpleNamespace(model=tiny_path, trust_remote_code=False, dtype="float32", gradient_checkpointing=False, lora_r=0)
+    args = types.SimpleNamespace(model=tiny_path, trust_remote_code=False, dtype="float32", gradient_checkpointing=False, lora_r=0,
+                                 chat_template="auto", chat_template_path="", allow_unsafe_pickle=False)
     torch.manual_seed(0)
     return load_reward_backbone(args)
 

@@ -211,7 +211,10 @@ def translate(cls, values: dict, preferred=frozenset()) -> Translation | None:
 
 
 def _apply(out: Translation, alias: Alias, key: str, value: Any, ctx: Context) -> None:
-    result = (alias.convert or _to(alias.target))(value, ctx)
+    try:
+        result = (alias.convert or _to(alias.target))(value, ctx)
+    except (TypeError, ValueError):  # a list or mapping where TRL takes a word or number
+        raise AlignkitError(f"key '{key}' cannot be {value!r}; give it a value of the kind TRL's {key} takes") from None
     if isinstance(result, Ignored):
         out.ignored.append(f"{key} ({result.reason})" if result.reason else key)
         return

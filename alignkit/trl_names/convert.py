@@ -201,8 +201,8 @@ def _adam_betas(value, ctx):
 
 def _truncation_mode(value, ctx):
     """TRL's keep_start / keep_end cut the sequence; alignkit cuts the prompt and keeps the completion (truncate)."""
-    return {"keep_start": {"truncation_mode": "truncate"}, "keep_end": {"truncation_mode": "truncate", "truncation_side": "left"}}.get(
-        value, {"truncation_mode": value})
+    cuts = {"keep_start": {"truncation_mode": "truncate"}, "keep_end": {"truncation_mode": "truncate", "truncation_side": "left"}}
+    return cuts.get(value, {"truncation_mode": value}) if isinstance(value, str) else {"truncation_mode": value}
 
 
 def _precompute(value, ctx):
