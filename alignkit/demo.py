@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.config import load_config, option, PipelineConfig
+from alignkit.config import load_config, option
+from alignkit.config_pipeline import PipelineConfig
 from alignkit.data.tasks.hhh_mini import gold_rewards
 from alignkit.models.generation import generate_answers
 from alignkit.models.load import load_causal_lm, load_tokenizer

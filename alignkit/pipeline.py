@@ -48,9 +48,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from alignkit.config import (
-    DataSource, DPOConfig, EvalConfig, GRPOConfig, PipelineConfig, PPOConfig, RewardConfig, SFTConfig, config_from_dict, load_config, to_dict,
-)
+from alignkit.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, config_from_dict, load_config, to_dict
+from alignkit.config_pipeline import DataSource, EvalConfig, PipelineConfig
 from alignkit import api
 from alignkit.errors import AlignkitError
 from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, detect_format, load_dataset, require_kind, screen_nulls, validate_rows

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignkit.cli import STAGES, _resolve, main
-from alignkit.config import EvalConfig, MonitorConfig, PipelineConfig, config_from_dict, load_config
+from alignkit.config import MonitorConfig, config_from_dict, load_config
+from alignkit.config_pipeline import EvalConfig, PipelineConfig
 from alignkit.config_loader import Bounds, _number_kind, _section_class, field_bounds
 from alignkit.errors import AlignkitError
 

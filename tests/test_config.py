@@ -43,7 +43,7 @@ def test_every_shipped_config_loads_with_its_command():
     from pathlib import Path
 
     from alignkit.cli import STAGES, _resolve
-    from alignkit.config import PipelineConfig
+    from alignkit.config_pipeline import PipelineConfig
     from alignkit.pipeline import stage_configs
 
     shipped = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

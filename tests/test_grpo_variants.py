@@ -21,7 +21,8 @@ def test_gspo_clips_whole_responses_by_their_geometric_mean_ratio():
     old = torch.zeros(2, 3)
     logps = torch.tensor([[0.1, 0.3, 5.0], [0.0, 0.0, 0.3]], requires_grad=True)  # the masked 5.0 must not count
     loss, metrics = gspo_loss(logps, old, torch.tensor([1.0, -1.0]), mask, clip_range=0.2)
-    s0, s1 = math.exp(0.2), math.exp(0.1)  # token means 0.2 and 0.1
+    s0, s1 = math.exp(0.2), math.exp(0.1)  # token means 0.2 and 0.1; s0 > 1.2, so response 0 is clipped
+    assert s0 > 1.2
     # response 0 (A = +1): min(s0, 1.2) = 1.2 -> -1.2 per token; response 1 (A = -1): min(-s1, -s1) -> +s1 per token
     assert loss.item() == pytest.approx((-1.2 + s1) / 2, abs=1e-6)  # sequence_mean: each response's token mean, averaged
     assert metrics["policy/clipfrac"].item() == pytest.approx(2 / 5)  # response 0's two tokens were clipped

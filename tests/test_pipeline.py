@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from alignkit.config import PipelineConfig, config_from_dict
+from alignkit.config import config_from_dict
+from alignkit.config_pipeline import PipelineConfig
 from alignkit.errors import AlignkitError
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.config import PipelineConfig, config_from_dict, load_config
+from alignkit.config import config_from_dict, load_config
+from alignkit.config_pipeline import PipelineConfig
 from alignkit.errors import AlignkitError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "own_data"

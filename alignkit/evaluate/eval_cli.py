@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.config import EvalConfig, field_help, load_config
+from alignkit.config import field_help, load_config
+from alignkit.config_pipeline import EvalConfig
 from alignkit.evaluate.compare import evaluate_models, format_table, is_endpoint
 from alignkit.evaluate.report import write_report
 from alignkit.evaluate.shift import format_shift

@@ -77,6 +77,16 @@ def _ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict:
     return {"policy/approx_kl": approx_kl.detach(), "policy/ratio": ((log_ratio.exp() * mask).sum() / count).detach()}
 
 
+def _clipped_surrogate(ratio, log_ratio, advantages, mask, low, high, aggregation, num_tokens, num_sequences, max_tokens):
+    """-min(rho * A, clip(rho, 1 - low, 1 + high) * A) per token (B, T), aggregated; with clipfrac and the ratio metrics."""
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - low, 1.0 + high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    loss = aggregate_tokens(per_token, mask, aggregation, num_tokens, num_sequences, max_tokens)
+    clipfrac = ((clipped < unclipped).to(ratio.dtype) * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"policy/loss": loss.detach(), "policy/clipfrac": clipfrac.detach(), **_ratio_metrics(log_ratio.detach(), mask)}
+
+
 def ppo_clip_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                   clip_range: float = 0.2, clip_range_high: float | None = None, aggregation: str = "token_mean",
                   num_tokens=None, num_sequences=None, max_tokens=None):
@@ -100,12 +110,7 @@ def ppo_clip_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torc
     high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = (logps - old_logps).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_range, 1.0 + high) * advantages
-    per_token = -torch.minimum(unclipped, clipped)
-    loss = aggregate_tokens(per_token, mask, aggregation, num_tokens, num_sequences, max_tokens)
-    clipfrac = ((clipped < unclipped).to(logps.dtype) * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"policy/loss": loss.detach(), "policy/clipfrac": clipfrac.detach(), **_ratio_metrics(log_ratio.detach(), mask)}
+    return _clipped_surrogate(ratio, log_ratio, advantages, mask, clip_range, high, aggregation, num_tokens, num_sequences, max_tokens)
 
 
 def reinforce_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -145,12 +150,7 @@ def gspo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     lengths = mask.sum(-1).clamp(min=1)  # (B,)
     sequence_log_ratio = (log_ratio * mask).sum(-1) / lengths  # (B,)
     ratio = sequence_log_ratio.exp()[:, None].expand_as(logps)  # (B, T): s_i at every token of response i
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_range, 1.0 + high) * advantages
-    per_token = -torch.minimum(unclipped, clipped)
-    loss = aggregate_tokens(per_token, mask, aggregation, num_tokens, num_sequences, max_tokens)
-    clipfrac = ((clipped < unclipped).to(logps.dtype) * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"policy/loss": loss.detach(), "policy/clipfrac": clipfrac.detach(), **_ratio_metrics(log_ratio.detach(), mask)}
+    return _clipped_surrogate(ratio, log_ratio, advantages, mask, clip_range, high, aggregation, num_tokens, num_sequences, max_tokens)
 
 
 POLICY_LOSSES = {"ppo_clip": ppo_clip_loss, "reinforce": reinforce_loss, "gspo": gspo_loss}

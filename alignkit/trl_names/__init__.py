@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from alignkit.errors import AlignkitError
 from alignkit.trl_names.convert import Context, DPO_LOSSES, GRPO_LOSSES, Ignored, _adam_betas, _bf16, _dpo_loss, _dtype, _eval_source, _eval_strategy, _every, _generation_batch, _grpo_loss, _max_new_tokens, _only, _padding_free, _precompute, _report_to, _resume, _rewards, _rl_max_steps, _rollout, _sampling_level, _scale_rewards, _scheduler, _target_modules, _to, _truncation_mode, _use_peft, _use_vllm, _warmup, plain, refuse
 from alignkit.trl_names.fields import COMMANDS, OFFLINE, RL, names_for, stage_of
 
