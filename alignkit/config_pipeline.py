@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignkit.config_checks import check_trackers
 from alignkit.config_loader import choose, config_from_dict, option
 from alignkit.data.tokenize import CHAT_TEMPLATE_MODES
 from alignkit.errors import AlignkitError
@@ -97,6 +98,8 @@ class PipelineConfig:
     n_test: int = option(100, "hhh-mini: test prompts generated (the evaluation set).", ge=1)
     n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).", ge=0)
     policy: str = option("grpo", "Online RL stage: grpo or ppo.")
+    report_to: list = option(["jsonl"], "Metric sinks of every training stage: jsonl (always written), tensorboard, wandb, trackio, "
+                                        "mlflow or any accelerate tracker; a stage's own report_to overrides it.")
     data: dict = option({}, "Your own data: sft, preference, prompts (each a path, or {path, split, config, test, test_split}) and "
                             "test_fraction; see PipelineData.")
     stages: list | dict = option(["sft", "reward", "policy", "dpo", "eval", "report"],
@@ -139,6 +142,7 @@ class PipelineConfig:
 
     def validate(self) -> None:
         choose(self, "policy", ("grpo", "ppo"))
+        check_trackers(self.report_to)
         if self.task not in ("",) + PRESET_TASKS:
             raise AlignkitError(f"task must be {' or '.join(PRESET_TASKS)} (a preset) or empty (your own data: section); got {self.task!r}")
         if self.task and self.data:

@@ -112,7 +112,7 @@ def stage_values(config: PipelineConfig) -> dict[str, tuple[type, dict]]:
     start = str(work / "sft") if "sft" in stages else config.model  # what every later stage starts from
     reward_dir = str(work / "reward") if "reward" in stages else ""
     gold = gold_function(config)
-    common = {"seed": config.seed, "report_to": ["jsonl"]}
+    common = {"seed": config.seed, "report_to": list(config.report_to)}
     lora = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
     sft = {"model": config.model, "data": str(data / "sft_train.jsonl"), "eval_data": str(data / "sft_test.jsonl"),
            "output_dir": str(work / "sft"), **lora, "learning_rate": 1e-3, "batch_size": 8, "max_length": 256, "eval_every": 0,
