@@ -10,12 +10,13 @@ from alignkit.feedback.signals import run_from_signals
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="action", required=True)
-    make = sub.add_parser("make", help="write a built-in task's train/test splits as JSONL")
+    make = sub.add_parser("make", help="write a built-in task's train/test/ood splits as JSONL")
     make.add_argument("task", help="task name, e.g. hhh-mini")
     make.add_argument("--out", required=True, help="output directory")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--n-train", type=int, default=800)
     make.add_argument("--n-test", type=int, default=100)
+    make.add_argument("--n-ood", type=int, default=100, help="held-out prompts in phrasings unseen in train and test")
     inspect = sub.add_parser("inspect", help="quality report: formats, duplicates, leakage, length bias, strength, diversity, topics, agreement")
     inspect.add_argument("file", help="dataset file or directory")
     inspect.add_argument("--test", help="held-out file to check for train/test prompt leakage")
@@ -52,7 +53,7 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     if args.data_command == "make":
         task = get_task(args.task)
-        counts = task.write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+        counts = task.write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, n_ood=args.n_ood)
         for name, count in counts.items():
             print(f"{args.out}/{name}: {count} rows")
     elif args.data_command == "inspect":

@@ -1,12 +1,17 @@
-"""The prompt universe of hhh-mini: the shared data model and every enumerable prompt.
+"""The items of hhh-mini: the shared data model and the builders of six categories' prompts.
 
-Every prompt comes from a finite universe (templates x the bundled table in
+Every prompt comes from a finite set (templates x the bundled table in
 `hhh_mini_facts.json`) except arithmetic, whose operands are drawn at random and
 recognized again by regex. Each `Item` carries its `Gold`, the spec that the judge in
 `hhh_mini_gold` scores by, and a `write(rng)` that the generator in `hhh_mini` calls for
 the demonstration and the rejected responses.
 
-Standard library only; the universe (about 2,000 prompts) is built on first use and cached.
+Every builder takes the wording table of one distribution (`_wording`): "id", the phrasings
+of `hhh_mini_facts.json` that train and test are drawn from, or "ood", the same facts in the
+held-out phrasings of `hhh_mini_ood.json`. The builders are assembled per distribution by
+`hhh_mini_universe`; the seventh category, sycophancy, is built in `hhh_mini_sycophancy`.
+
+Standard library only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-CATEGORIES = ("arithmetic", "fact", "format", "harmless", "honesty", "intent")
+CATEGORIES = ("arithmetic", "fact", "format", "harmless", "honesty", "intent", "sycophancy")
+# "id": the phrasings train and test are drawn from; "ood": held-out phrasings of the same facts.
+DISTRIBUTIONS = ("id", "ood")
 
 # Rubric scores, named once so every category grades on the same scale.
 CORRECT = 1.0
@@ -32,6 +39,7 @@ WRONG = -1.0
 ARITHMETIC_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 FACTS_FILE = Path(__file__).with_name("hhh_mini_facts.json")
+OOD_FILE = Path(__file__).with_name("hhh_mini_ood.json")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Gold:
     operands: tuple[int, ...] = ()  # numbers a response may echo from the question
     count: int = 0  # lines a list must have
     missing: float = MISSING  # score when no answer is given at all
+    claim: str = ""  # sycophancy: the user's false claim, which a good answer corrects
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Item:
     family: str  # sub-kind drawn round-robin, so each category mixes its families evenly
     gold: Gold
     write: Callable[[random.Random], tuple[str, list[tuple[str, str]]]]
+    template: str  # the phrasing the prompt was made from, so a split can be checked against its distribution
 
 
 @functools.cache
@@ -65,10 +75,28 @@ def _facts() -> dict:
         return json.load(file)
 
 
+@functools.cache
+def _wording(distribution: str) -> dict:
+    """The table in the phrasings of `distribution` ("id" or "ood"; see DISTRIBUTIONS).
+
+    Every key of the OOD file replaces the table's key of the same name; simple facts, whose
+    questions belong to their answers, are rephrased row by row, keyed by answer.
+    """
+    if distribution == "id":
+        return _facts()
+    if distribution != "ood":
+        raise ValueError(f"hhh-mini: unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+    with open(OOD_FILE, encoding="utf-8") as file:
+        ood = json.load(file)
+    rephrased = ood.pop("simple_facts")
+    facts = _facts()
+    return {**facts, **ood, "simple_facts": [{**fact, **rephrased[fact["answer"]]} for fact in facts["simple_facts"]]}
+
+
 # --------------------------------------------------------------------------- universe
 
 
-def _writer(right: str, rejected: list[tuple[str, object]]) -> Callable:
+def _writer(right: str, rejected: list[tuple[str, object]], facts: dict) -> Callable:
     """A `write` for a fixed demonstration; a rejected text may be a str, a function of the rng, or "pad"."""
     right = _tidy(right)
 
@@ -76,7 +104,7 @@ def _writer(right: str, rejected: list[tuple[str, object]]) -> Callable:
         texts = []
         for kind, text in rejected:
             if text == "pad":
-                text = _pad(right, rng)
+                text = _pad(right, rng, facts)
             elif callable(text):
                 text = text(rng)
             texts.append((kind, _tidy(text)))
@@ -90,9 +118,8 @@ def _tidy(text: str) -> str:
     return text[:-1] if text.endswith("..") and not text.endswith("...") else text
 
 
-def _pad(text: str, rng: random.Random) -> str:
+def _pad(text: str, rng: random.Random, facts: dict) -> str:
     """`text` wrapped in 60+ words of friendly filler: correct, but needlessly verbose."""
-    facts = _facts()
     return f"{rng.choice(facts['verbose_openers'])} {text} {rng.choice(facts['verbose_closers'])}"
 
 
@@ -120,20 +147,22 @@ def _near_miss(answer: int, rng: random.Random) -> int:
     return rng.choice([answer + delta for delta in range(-10, 11) if delta and answer + delta >= 0])
 
 
-def _arithmetic_item(op: str, template: str, a: int, b: int) -> Item:
+def _arithmetic_item(op: str, template: str, a: int, b: int, facts: dict) -> Item:
     gold = _number_gold(op, a, b)
-    statement = _facts()["arithmetic_statements"][op]
+    statement = facts["arithmetic_statements"][op]
     right = statement.format(a=a, b=b, answer=gold.number)
 
     def wrong(rng: random.Random) -> str:
         return statement.format(a=a, b=b, answer=_near_miss(gold.number, rng))
 
-    return Item(template.format(a=a, b=b), "arithmetic", op, gold, _writer(right, [("wrong", wrong), ("verbose", "pad")]))
+    write = _writer(right, [("wrong", wrong), ("verbose", "pad")], facts)
+    return Item(template.format(a=a, b=b), "arithmetic", op, gold, write, template)
 
 
-def _arithmetic_stream(op: str, rng: random.Random) -> Iterator[Item]:
+def _arithmetic_stream(op: str, rng: random.Random, distribution: str = "id") -> Iterator[Item]:
     """Endless distinct arithmetic items; the operand space is far larger than any request."""
-    templates, seen = _facts()["arithmetic_templates"][op], set()
+    facts = _wording(distribution)
+    templates, seen = facts["arithmetic_templates"][op], set()
     while True:
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         if op == "*":
@@ -141,16 +170,16 @@ def _arithmetic_stream(op: str, rng: random.Random) -> Iterator[Item]:
             a, b = (a, b) if rng.random() < 0.5 else (b, a)
         if not _operands_in_range(op, a, b):
             continue
-        item = _arithmetic_item(op, rng.choice(templates), a, b)
+        item = _arithmetic_item(op, rng.choice(templates), a, b, facts)
         if item.prompt not in seen:
             seen.add(item.prompt)
             yield item
 
 
 @functools.cache
-def _arithmetic_capacity() -> int:
-    """How many distinct arithmetic prompts exist (tens of thousands)."""
-    templates = _facts()["arithmetic_templates"]
+def _arithmetic_capacity(distribution: str = "id") -> int:
+    """How many distinct arithmetic prompts exist in `distribution` (tens of thousands)."""
+    templates = _wording(distribution)["arithmetic_templates"]
     pairs = {op: sum(_operands_in_range(op, a, b) for a in range(2, 100) for b in range(2, 100)) for op in ARITHMETIC_OPS}
     return sum(pairs[op] * len(templates[op]) for op in ARITHMETIC_OPS)
 
@@ -166,9 +195,8 @@ class Relation:
     case_sensitive: bool = False
 
 
-def _relations() -> dict[str, Relation]:
+def _relations(facts: dict) -> dict[str, Relation]:
     """Capital of a country, symbol of an element, and element of a symbol."""
-    facts = _facts()
     capitals = [{"country": c, "capital": a, "accept": (a, *alt)} for c, a, *alt in facts["capitals"]]
     symbols = [{"element": e, "symbol": s, "accept": (s,)} for e, s, *_ in facts["elements"]]
     elements = [{"element": e, "symbol": s, "accept": (e, *alt)} for e, s, *alt in facts["elements"]]
@@ -179,7 +207,8 @@ def _relations() -> dict[str, Relation]:
     }
 
 
-def _relation_items(relation: Relation, category: str, family: str, templates: list[dict], missing: float) -> list[Item]:
+def _relation_items(relation: Relation, category: str, family: str, templates: list[dict], missing: float,
+                    facts: dict) -> list[Item]:
     """One item per (row, template); a template is {"template"} or, for intent, {"template", "literal"}."""
     pool = [row[relation.key] for row in relation.rows]
     others = tuple(name for row in relation.rows for name in row["accept"])
@@ -191,71 +220,73 @@ def _relation_items(relation: Relation, category: str, family: str, templates: l
         wrong = functools.partial(_swapped, relation.statement, fields, relation.key, pool)
         for template in templates:
             first = ("literal", template["literal"]) if "literal" in template else ("wrong", wrong)
-            write = _writer(right, [first, ("verbose", "pad")])
-            items.append(Item(template["template"].format(**fields), category, family, gold, write))
+            write = _writer(right, [first, ("verbose", "pad")], facts)
+            items.append(Item(template["template"].format(**fields), category, family, gold, write, template["template"]))
     return items
 
 
-def _fact_families() -> dict[str, list[Item]]:
-    families = {name: _relation_items(relation, "fact", name, [{"template": q} for q in relation.questions], MISSING)
-                for name, relation in _relations().items()}
+def _fact_families(facts: dict) -> dict[str, list[Item]]:
+    families = {name: _relation_items(relation, "fact", name, [{"template": q} for q in relation.questions], MISSING, facts)
+                for name, relation in _relations(facts).items()}
     families["simple"] = []
-    for fact in _facts()["simple_facts"]:
+    for fact in facts["simple_facts"]:
         gold = Gold("entity", answers=tuple(fact["accept"]), others=tuple(fact["reject"]))
-        write = _writer(fact["statement"].format(fact["answer"]), [("wrong", fact["statement"].format(fact["wrong"])), ("verbose", "pad")])
-        families["simple"] += [Item(question, "fact", "simple", gold, write) for question in fact["questions"]]
+        rejected = [("wrong", fact["statement"].format(fact["wrong"])), ("verbose", "pad")]
+        write = _writer(fact["statement"].format(fact["answer"]), rejected, facts)
+        families["simple"] += [Item(question, "fact", "simple", gold, write, question) for question in fact["questions"]]
     return families
 
 
-def _intent_families() -> dict[str, list[Item]]:
+def _intent_families(facts: dict) -> dict[str, list[Item]]:
     """Questions phrased as yes/no ("Do you know...?") or musings whose real need is the answer."""
-    facts, relations = _facts(), _relations()
+    relations = _relations(facts)
     arithmetic = []
     for spec in facts["intent_arithmetic"]:
         for a in range(2, 13):
             for b in range(2, 13):
                 gold = _number_gold(spec["op"], a, b, missing=WRONG)
                 right = spec["statement"].format(a=a, b=b, answer=gold.number)
-                write = _writer(right, [("literal", spec["literal"]), ("verbose", "pad")])
-                arithmetic.append(Item(spec["template"].format(a=a, b=b), "intent", "arithmetic", gold, write))
+                write = _writer(right, [("literal", spec["literal"]), ("verbose", "pad")], facts)
+                arithmetic.append(Item(spec["template"].format(a=a, b=b), "intent", "arithmetic", gold, write, spec["template"]))
     wonder = []
     for fact in facts["simple_facts"]:
         gold = Gold("entity", answers=tuple(fact["accept"]), others=tuple(fact["reject"]), missing=WRONG)
-        write = _writer(fact["statement"].format(fact["answer"]), [("literal", facts["intent_wonder_literal"]), ("verbose", "pad")])
-        wonder.append(Item(fact["wonder"], "intent", "wonder", gold, write))
+        rejected = [("literal", facts["intent_wonder_literal"]), ("verbose", "pad")]
+        write = _writer(fact["statement"].format(fact["answer"]), rejected, facts)
+        wonder.append(Item(fact["wonder"], "intent", "wonder", gold, write, fact["wonder"]))
     return {
         "arithmetic": arithmetic,
-        "capital": _relation_items(relations["capital"], "intent", "capital", facts["intent_capital"], WRONG),
-        "symbol": _relation_items(relations["symbol"], "intent", "symbol", facts["intent_symbol"], WRONG),
+        "capital": _relation_items(relations["capital"], "intent", "capital", facts["intent_capital"], WRONG, facts),
+        "symbol": _relation_items(relations["symbol"], "intent", "symbol", facts["intent_symbol"], WRONG, facts),
         "wonder": wonder,
     }
 
 
-def _list_item(template: str, category: str, words: list[str], foreign: list[str], n: int) -> Item:
+def _list_item(template: str, category: str, words: list[str], foreign: list[str], n: int, facts: dict) -> Item:
     """'List three fruits, one per line': the demonstration picks n members at random."""
+    marker = facts["list_marker"]  # what opens each line: nothing, or a bullet
 
     def write(rng: random.Random):
         picks, strangers = rng.sample(words, n), rng.sample(foreign, n)
         shown = ", ".join(picks[:-1]) + f" and {picks[-1]}"
-        off_format = _facts()["list_off_format"].format(n=NUMBER_WORDS[n], category=category, items=shown)
-        wrong = "\n".join(word.capitalize() for word in strangers)
-        return "\n".join(word.capitalize() for word in picks), [("off-format", off_format), ("wrong", wrong)]
+        off_format = facts["list_off_format"].format(n=NUMBER_WORDS[n], category=category, items=shown)
+        wrong = "\n".join(marker + word.capitalize() for word in strangers)
+        return "\n".join(marker + word.capitalize() for word in picks), [("off-format", off_format), ("wrong", wrong)]
 
     prompt = template.format(n=NUMBER_WORDS[n], category=category)
-    return Item(prompt, "format", "list", Gold("lines", answers=tuple(words), count=n), write)
+    return Item(prompt, "format", "list", Gold("lines", answers=tuple(words), count=n), write, template)
 
 
-def _list_items() -> list[Item]:
-    facts = _facts()
+def _list_items(facts: dict) -> list[Item]:
     items = []
     for category, words in facts["word_lists"].items():
         foreign = sorted({w for other in facts["word_lists"].values() for w in other} - set(words))
         for n in NUMBER_WORDS:
-            items += [_list_item(template, category, words, foreign, n) for template in facts["list_templates"]]
+            items += [_list_item(template, category, words, foreign, n, facts) for template in facts["list_templates"]]
     return items
 
 
-def _yes_no_items(spec: dict, relation: Relation) -> list[Item]:
+def _yes_no_items(spec: dict, relation: Relation, facts: dict) -> list[Item]:
     """'Answer with only yes or no: Is Paris the capital of France?', asked once truthfully, once with the next row's answer."""
     rows, key = relation.rows, relation.key
     items = []
@@ -264,15 +295,14 @@ def _yes_no_items(spec: dict, relation: Relation) -> list[Item]:
         for truth, shown in (("yes", row[key]), ("no", rows[(index + 1) % len(rows)][key])):
             question = spec["question"].format(shown=shown, **fields)
             wrong = "No" if truth == "yes" else "Yes"
-            write = _writer(truth.capitalize(), [("off-format", spec[truth].format(**fields)), ("wrong", wrong)])
-            items += [Item(template.format(question=question), "format", "yes_no", Gold("yes_no", answers=(truth,)), write)
-                      for template in _facts()["yes_no_templates"]]
+            write = _writer(truth.capitalize(), [("off-format", spec[truth].format(**fields)), ("wrong", wrong)], facts)
+            items += [Item(template.format(question=question), "format", "yes_no", Gold("yes_no", answers=(truth,)), write, template)
+                      for template in facts["yes_no_templates"]]
     return items
 
 
-def _single_word_items() -> list[Item]:
+def _single_word_items(facts: dict) -> list[Item]:
     """'Reply with a single word: what do bees make?' (plus the capitals that are one word)."""
-    facts = _facts()
     questions = [(q["question"], q["answers"], q["sentence"]) for q in facts["single_word_questions"]]
     for country, capital, *aliases in facts["capitals"]:
         if re.fullmatch(r"\w+", capital):
@@ -284,41 +314,42 @@ def _single_word_items() -> list[Item]:
         right = answers[0].capitalize()
         wrong = functools.partial(_swapped, "{word}", {"word": right}, "word", pool)
         gold = Gold("single_word", answers=tuple(a.lower() for a in answers))
-        items += [Item(template.format(question=question), "format", "single_word", gold,
-                       _writer(right, [("off-format", sentence), ("wrong", wrong)]))
+        off_format = facts["single_word_off_format"].format(sentence=sentence, answer=right)
+        write = _writer(right, [("off-format", off_format), ("wrong", wrong)], facts)
+        items += [Item(template.format(question=question), "format", "single_word", gold, write, template)
                   for template in facts["single_word_templates"]]
     return items
 
 
-def _uppercase_items() -> list[Item]:
+def _uppercase_items(facts: dict) -> list[Item]:
     """'Write the word dog in all capital letters and nothing else.'"""
-    facts = _facts()
     words = sorted({w for words in facts["word_lists"].values() for w in words})
     pool = [w.upper() for w in words]
     items = []
     for word in words:
         off_format = facts["uppercase_off_format"].format(word=word, upper=word.upper())
         wrong = functools.partial(_swapped, "{word}", {"word": word.upper()}, "word", pool)
-        write = _writer(word.upper(), [("off-format", off_format), ("wrong", wrong)])
-        items += [Item(t.format(word=word), "format", "uppercase", Gold("uppercase", answers=(word,)), write)
+        write = _writer(word.upper(), [("off-format", off_format), ("wrong", wrong)], facts)
+        items += [Item(t.format(word=word), "format", "uppercase", Gold("uppercase", answers=(word,)), write, t)
                   for t in facts["uppercase_templates"]]
     return items
 
 
-def _format_families() -> dict[str, list[Item]]:
-    facts, relations = _facts(), _relations()
-    yes_no = _yes_no_items(facts["yes_no_capital"], relations["capital"]) + _yes_no_items(facts["yes_no_symbol"], relations["symbol"])
-    return {"list": _list_items(), "yes_no": yes_no, "single_word": _single_word_items(), "uppercase": _uppercase_items()}
+def _format_families(facts: dict) -> dict[str, list[Item]]:
+    relations = _relations(facts)
+    yes_no = (_yes_no_items(facts["yes_no_capital"], relations["capital"], facts)
+              + _yes_no_items(facts["yes_no_symbol"], relations["symbol"], facts))
+    return {"list": _list_items(facts), "yes_no": yes_no, "single_word": _single_word_items(facts), "uppercase": _uppercase_items(facts)}
 
 
-def _harmless_families() -> dict[str, list[Item]]:
+def _harmless_families(facts: dict) -> dict[str, list[Item]]:
     """Requests to decline politely; one family per request, so a split mixes many requests."""
-    facts = _facts()
     families = {}
     for request in facts["harmful_requests"]:
-        write = _writer(facts["decline"].format(**request), [("harmful", facts["comply"].format(**request)), ("verbose", "pad")])
+        rejected = [("harmful", facts["comply"].format(**request)), ("verbose", "pad")]
+        write = _writer(facts["decline"].format(**request), rejected, facts)
         families[request["action"]] = [
-            Item(template.format(action=request["action"]), "harmless", request["action"], Gold("decline"), write)
+            Item(template.format(action=request["action"]), "harmless", request["action"], Gold("decline"), write, template)
             for template in facts["harmful_templates"]
         ]
     return families
@@ -335,9 +366,8 @@ def _fabricate(template: str, fields: dict, rng: random.Random) -> str:
     return template.format(**fields, year=rng.randint(1100, 1950), number=f"{rng.randint(20, 900) * 1000:,}")
 
 
-def _honesty_families() -> dict[str, list[Item]]:
+def _honesty_families(facts: dict) -> dict[str, list[Item]]:
     """Questions about invented entities, and questions no one could answer."""
-    facts = _facts()
     names, fictional, countries = _fictional_names(), facts["fictional"], [row[0] for row in facts["capitals"]]
     invented = []
     for index, name in enumerate(names):
@@ -350,25 +380,10 @@ def _honesty_families() -> dict[str, list[Item]]:
         }
         for spec in facts["fictional_templates"]:
             fabricated = functools.partial(_fabricate, spec["fabricated"], fields)
-            write = _writer(spec["answer"].format(**fields), [("fabricated", fabricated), ("verbose", "pad")])
-            invented.append(Item(spec["question"].format(**fields), "honesty", "fictional", Gold("uncertain"), write))
+            write = _writer(spec["answer"].format(**fields), [("fabricated", fabricated), ("verbose", "pad")], facts)
+            invented.append(Item(spec["question"].format(**fields), "honesty", "fictional", Gold("uncertain"), write, spec["question"]))
     unknowable = [Item(spec["question"], "honesty", "unknowable", Gold("uncertain"),
-                       _writer(spec["answer"], [("fabricated", spec["fabricated"]), ("verbose", "pad")]))
+                       _writer(spec["answer"], [("fabricated", spec["fabricated"]), ("verbose", "pad")], facts), spec["question"])
                   for spec in facts["unknowable"]]
     return {"fictional": invented, "unknowable": unknowable}
-
-
-FAMILY_BUILDERS = {
-    "fact": _fact_families,
-    "format": _format_families,
-    "harmless": _harmless_families,
-    "honesty": _honesty_families,
-    "intent": _intent_families,
-}
-
-
-@functools.cache
-def _universe() -> dict[str, dict[str, list[Item]]]:
-    """Every enumerable prompt, by category and family (arithmetic is sampled instead)."""
-    return {category: build() for category, build in FAMILY_BUILDERS.items()}
 
