@@ -22,6 +22,7 @@ from alignkit.errors import AlignkitError
 from alignkit.data.tokenize import CHAT_TEMPLATE_MODES, read_chat_template
 from alignkit.io import check_output_dir
 from alignkit.losses.kl import KL_ESTIMATORS
+from alignkit.models.precision import MIXED_PRECISION, resolve_mixed_precision
 from alignkit.losses.policy import AGGREGATIONS, POLICY_LOSSES
 from alignkit.losses.preference import PREFERENCE_LOSSES
 from alignkit.rl.reward_specs import check_reward_specs
@@ -35,7 +36,8 @@ class ModelArgs:
 
     model: str = option("smollm2-135m-instruct", "Hugging Face directory, hub id, run directory or alias (smollm2-135m-instruct, tiny-llama).")
     dtype: str = option("float32", "Weights dtype: float32 (with bf16 autocast, the fast choice on CPU) or bfloat16.")
-    mixed_precision: str = option("bf16", "Autocast: bf16 or no. bf16 autocast is ~3x faster than fp32 on CPUs with AVX-512 BF16.")
+    mixed_precision: str = option("auto", "Autocast: auto (bf16 where the hardware computes it natively: CUDA GPUs from Ampere on, CPUs with "
+                                  "AVX-512 BF16 or AMX; else float32), bf16 or no. Native bf16 is ~3x faster than float32 on CPU; emulated, ~100x slower.")
     trust_remote_code: bool = option(False, "Run model code shipped with a hub model. Off unless you trust the source.")
     allow_unsafe_pickle: bool = option(False, "Load pickle-based weights (.bin/.pt), which can run code when loaded. Off: only safetensors.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
@@ -92,7 +94,8 @@ class TrainArgs(ModelArgs):
         choose(self, "lr_scheduler", ("linear", "cosine", "constant"))
         choose(self, "truncation_side", ("left", "right"))
         choose(self, "truncation_mode", ("truncate", "drop"))
-        choose(self, "mixed_precision", ("bf16", "no"))
+        choose(self, "mixed_precision", MIXED_PRECISION)
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
         choose(self, "dtype", ("float32", "bfloat16"))
         choose(self, "chat_template", CHAT_TEMPLATE_MODES)
         if self.chat_template_path:

@@ -41,7 +41,9 @@ class LocalJudge:
         self.tokenizer = load_tokenizer(model)
         self.model = load_causal_lm(model, dtype).eval()
         self.batch_size = batch_size
-        self.bf16 = bf16
+        from alignkit.models.precision import autocast_bf16
+
+        self.bf16 = autocast_bf16(bf16, next(self.model.parameters()).device)  # bf16 only where it is native
         self.answer_ids = {letter: self._letter_ids(letter) for letter in "AB"}
 
     def _letter_ids(self, letter: str) -> list[int]:

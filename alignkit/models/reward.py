@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.models.precision import autocast_bf16
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
     DTYPES, adapter_base, add_lora, check_model_files, check_safe_weights, is_adapter_dir, load_causal_lm, load_tokenizer, read_json_config,
@@ -247,7 +248,7 @@ class RewardModel:
         if tokenizer.pad_token_id != members[0].config.pad_token_id:
             raise AlignkitError(f"{dirs[0]}: the tokenizer pads with id {tokenizer.pad_token_id} but config.json says {members[0].config.pad_token_id}; resave it with alignkit")
         return cls(members, tokenizer, normalization, offsets, k, stats.get("max_length"), stats.get("truncation_side", "left"),
-                   str(device), bf16, str(path))
+                   str(device), autocast_bf16(bf16, device), str(path))  # bf16 only where it is native
 
     def encode(self, prompts: list, responses: list) -> list[list[int]]:
         """Token ids of each prompt + response (+ EOS), as in training, truncated to the training max_length."""
