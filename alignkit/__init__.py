@@ -8,7 +8,7 @@ the command line in `alignkit.cli`.
 
 __version__ = "0.1.0"
 
-ENTRY_POINTS = ("sft", "reward", "dpo", "kto", "ppo", "grpo")
+ENTRY_POINTS = ("sft", "reward", "dpo", "kto", "ppo", "grpo", "rs")
 
 
 def __getattr__(name: str):

@@ -12,16 +12,18 @@ and the pipeline, which build monitors the same way through `run_stage`.
 from __future__ import annotations
 
 from alignkit.config import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig, config_with_overrides
+from alignkit.config_sampling import RejectionSamplingConfig
 from alignkit.evaluate.monitors import build_monitor
 from alignkit.train.dpo import train_dpo
 from alignkit.train.grpo import train_grpo
 from alignkit.train.kto import train_kto
 from alignkit.train.ppo import train_online, train_ppo
+from alignkit.train.rejection import train_rejection_sampling
 from alignkit.train.reward import train_reward
 from alignkit.train.sft import train_sft
 
 MONITORED = {"dpo": train_dpo, "ppo": train_ppo, "grpo": train_grpo}  # recipes that take a monitor
-UNMONITORED = {"sft": train_sft, "reward": train_reward, "kto": train_kto}
+UNMONITORED = {"sft": train_sft, "reward": train_reward, "kto": train_kto, "rs": train_rejection_sampling}
 
 
 def run_stage(stage: str, config) -> dict:
@@ -52,3 +54,4 @@ dpo = _entry("dpo", DPOConfig)
 kto = _entry("kto", KTOConfig)
 ppo = _entry("ppo", PPOConfig)
 grpo = _entry("grpo", GRPOConfig)
+rs = _entry("rs", RejectionSamplingConfig)

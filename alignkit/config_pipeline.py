@@ -10,6 +10,7 @@ from alignkit.config_checks import check_trackers
 from alignkit.config_loader import choose, config_from_dict, option
 from alignkit.data.tokenize import CHAT_TEMPLATE_MODES
 from alignkit.errors import AlignkitError
+from alignkit.models.precision import MIXED_PRECISION, resolve_mixed_precision
 
 @dataclass
 class EvalConfig:
@@ -33,21 +34,23 @@ class EvalConfig:
     train_prompts: str = option("", "Training prompts for the distribution-shift report (needs pairs and reward_model).")
     pairs: str = option("", "Held-out preference pairs: the reward model's accuracy by distance to train_prompts.")
     shift_buckets: int = option(3, "Equal-count distance buckets in the shift report.", ge=1)
-    mixed_precision: str = option("bf16", "bf16 autocast for generation and scoring, or no.")
+    mixed_precision: str = option("auto", "Autocast for generation and scoring: auto (bf16 where the hardware computes it natively), bf16 or no.")
     chat_template: str = option("", "How prompts are rendered: empty follows each model's saved setting (auto for a model "
                                     "alignkit did not train), or auto, always, never for every model.")
     seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
 
     def validate(self) -> None:
-        choose(self, "mixed_precision", ("bf16", "no"))
+        choose(self, "mixed_precision", MIXED_PRECISION)
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
         if self.chat_template:
             choose(self, "chat_template", CHAT_TEMPLATE_MODES)
 
 
-PIPELINE_STAGES = ("sft", "reward", "policy", "dpo", "eval", "report")  # the usual order; ppo/grpo name the policy stage
-STAGE_AFTER = {"reward": ("sft",), "policy": ("sft", "reward"), "dpo": ("sft",), "eval": ("sft", "reward", "policy", "dpo"),
-               "report": ("sft", "reward", "policy", "dpo", "eval")}  # stages that must run first when both are configured
-STAGE_DATA = {"sft": ("sft",), "reward": ("preference",), "dpo": ("preference",), "policy": ("prompts", "preference"),
+PIPELINE_STAGES = ("sft", "samples", "reward", "rs", "policy", "dpo", "eval", "report")  # the usual order; ppo/grpo name the policy stage
+STAGE_AFTER = {"samples": ("sft",), "reward": ("sft", "samples"), "rs": ("sft", "samples"), "policy": ("sft", "samples", "reward"),
+               "dpo": ("sft", "samples"), "eval": ("sft", "samples", "reward", "rs", "policy", "dpo"),
+               "report": ("sft", "samples", "reward", "rs", "policy", "dpo", "eval")}  # stages that must run first when both are configured
+STAGE_DATA = {"sft": ("sft",), "samples": ("prompts", "preference"), "rs": ("prompts", "preference"), "reward": ("preference",), "dpo": ("preference",), "policy": ("prompts", "preference"),
               "eval": ("prompts", "preference")}  # the data: sources a stage reads (any one of them)
 DATA_WHAT = {"sft": "SFT rows: messages, text or prompt+completion", "preference": "(prompt, chosen, rejected) pairs",
              "prompts": "rows with a `prompt` column"}
@@ -96,6 +99,7 @@ class PipelineConfig:
                            "gold judge). Empty: your own data: section, or hhh-mini when there is none.")
     n_train: int = option(800, "hhh-mini: training prompts generated.", ge=1)
     n_test: int = option(100, "hhh-mini: test prompts generated (the evaluation set).", ge=1)
+    n_ood: int = option(100, "hhh-mini: prompts generated from held-out phrasings (the distribution-shift evaluation; 0: none).", ge=0)
     n_val: int = option(32, "Training prompts held out from RL/DPO for the over-optimization monitor (prompts_val.jsonl).", ge=0)
     policy: str = option("grpo", "Online RL stage: grpo or ppo.")
     report_to: list = option(["jsonl"], "Metric sinks of every training stage: jsonl (always written), tensorboard, wandb, trackio, "
@@ -109,6 +113,10 @@ class PipelineConfig:
     reward: dict = option({}, "Overrides for the reward-model stage (see `alignkit reward --help`).")
     rl: dict = option({}, "Overrides for the PPO/GRPO stage (see `alignkit grpo --help`), monitor: included.")
     dpo: dict = option({}, "Overrides for the DPO stage (see `alignkit dpo --help`), monitor: included.")
+    samples: dict = option({}, "The samples stage: N answers per RL prompt from the SFT model, labelled (samples, temperature, "
+                               "max_new_tokens, min_gap, min_score, reward_function; the preset's gold judge by default). With it, "
+                               "DPO trains on these on-policy pairs, the reward model on the task's pairs plus them, rs on the best answers.")
+    rs: dict = option({}, "Overrides for the rs stage: rejection-sampling fine-tuning, SFT of the SFT model on the samples' best answers.")
     eval: dict = option({}, "Overrides for the evaluation (see `alignkit eval --help`), plus judge: a model or an OpenAI-compatible "
                             "URL, judge_model: the endpoint's model name, reward_model: true/false (the trained reward model) "
                             "or a folder, function: module:fn (a Python scorer, what `gold` is in `alignkit eval`).")
@@ -161,6 +169,11 @@ class PipelineConfig:
         if "policy" in stages and "reward" not in stages and not any(self.rl.get(k) for k in RL_REWARD_KEYS):
             raise AlignkitError(f"stages: {self.policy} needs a reward: add reward to stages (a reward model trained on data.preference), "
                                 f"or set rl.reward_function (module:fn), rl.reward_model or rl.reward_url")
+        if "rs" in stages and "samples" not in stages:
+            raise AlignkitError("stages: rs fine-tunes on the samples stage's best answers; add samples to stages (after sft)")
+        if "samples" in stages and not self.preset and not any(self.samples.get(k) for k in ("reward_function", "reward_model", "reward_url")):
+            raise AlignkitError("stages: samples needs a labeller for the sampled answers: set samples.reward_function (module:fn), "
+                                "samples.reward_model or samples.reward_url")
         if "eval" in stages:
             self._check_eval(stages)
 
@@ -174,7 +187,7 @@ class PipelineConfig:
 
     def _check_eval(self, stages: list[str]) -> None:
         section = self.eval
-        if not {"sft", "policy", "dpo"} & set(stages):
+        if not {"sft", "rs", "policy", "dpo"} & set(stages):
             raise AlignkitError("stages: eval compares trained models with the base model; add sft, dpo or policy to stages")
         if section.get("function") and section.get("gold"):
             raise AlignkitError("eval: function and gold name the same scorer (a Python function); keep one")

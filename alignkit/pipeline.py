@@ -48,9 +48,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from alignkit.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, config_from_dict, load_config, to_dict
+from alignkit.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, config_from_dict, config_with_overrides, load_config, to_dict
 from alignkit.config_pipeline import DataSource, EvalConfig, PipelineConfig
 from alignkit import api
+from alignkit.pipeline_samples import SamplesConfig, run_samples
 from alignkit.errors import AlignkitError
 from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, detect_format, load_dataset, require_kind, screen_nulls, validate_rows
 from alignkit.data.load import Row, has_split, load_rows
@@ -69,7 +70,7 @@ RL_CONFIGS = {"grpo": GRPOConfig, "ppo": PPOConfig}
 class Preset(NamedTuple):
     """A built-in task: what writes its data into <workdir>/data, its gold function, and model settings for every stage."""
 
-    write: Callable  # write(out_dir, seed, n_train, n_test) -> {file: rows}
+    write: Callable  # write(out_dir, seed, n_train, n_test, n_ood) -> {file: rows}
     gold: str
     model_args: dict
 
@@ -96,7 +97,7 @@ def gold_function(config: PipelineConfig) -> str:
 
 def eval_values(config: PipelineConfig, data: Path, reward_dir: str, gold: str) -> dict:
     """The evaluation's EvalConfig values: the pipeline's `eval:` keys translated (function, reward_model: true/false, judge_model)."""
-    section = {k: v for k, v in config.eval.items() if k not in ("function", "judge_model", "reward_model")}
+    section = {k: v for k, v in config.eval.items() if k not in ("function", "judge_model", "reward_model", "ood")}
     reward_model = config.eval.get("reward_model", True)
     values = {"data": str(data / "prompts_test.jsonl"), "gold": gold,
               "reward_model": reward_dir if reward_model in (True, None) else (reward_model or ""), "seed": config.seed}
@@ -111,23 +112,30 @@ def stage_values(config: PipelineConfig) -> dict[str, tuple[type, dict]]:
     stages = config.stage_names()
     start = str(work / "sft") if "sft" in stages else config.model  # what every later stage starts from
     reward_dir = str(work / "reward") if "reward" in stages else ""
+    samples_dir = work / "samples" if "samples" in stages else None  # on-policy data for reward, rs and DPO
     gold = gold_function(config)
     common = {"seed": config.seed, "report_to": list(config.report_to)}
     lora = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
     sft = {"model": config.model, "data": str(data / "sft_train.jsonl"), "eval_data": str(data / "sft_test.jsonl"),
            "output_dir": str(work / "sft"), **lora, "learning_rate": 1e-3, "batch_size": 8, "max_length": 256, "eval_every": 0,
            "merge_lora": True, **common}
-    reward = {"model": start, "data": str(data / "preference_train.jsonl"), "eval_data": str(data / "preference_test.jsonl"),
+    reward = {"model": start, "data": str(samples_dir / "reward_pairs.jsonl" if samples_dir else data / "preference_train.jsonl"), "eval_data": str(data / "preference_test.jsonl"),
               "output_dir": str(work / "reward"), "eval_every": 0, **common}
     monitor = {"prompts": str(data / "prompts_val.jsonl"), "gold": gold}
     rl = {"model": start, "data": str(data / "prompts_rl.jsonl"), "reward_model": reward_dir, "eval_reward_function": gold,
           "output_dir": str(work / config.policy), **lora, **common}
-    dpo = {"model": start, "data": str(data / "preference_rl.jsonl"), "eval_data": str(data / "preference_test.jsonl"),
+    dpo = {"model": start, "data": str(samples_dir / "pairs.jsonl" if samples_dir else data / "preference_rl.jsonl"), "eval_data": str(data / "preference_test.jsonl"),
            "output_dir": str(work / "dpo"), **lora, **common}
+    samples = {"model": start, "prompts": str(data / "prompts_rl.jsonl"), "output_dir": str(work / "samples"), "seed": config.seed,
+               "task_pairs": str(data / "preference_train.jsonl"), "reward_function": gold if config.preset else ""}
+    rs = {**sft, "model": start, "data": str(work / "samples" / "best.jsonl"), "eval_data": "", "eval_fraction": 0.0,
+          "output_dir": str(work / "rs")}
     with_monitor = lambda base, extra: {**base, **extra, "monitor": {**monitor, **extra.get("monitor", {})} if extra.get("monitor") else {}}  # noqa: E731
     values = {
         "sft": (SFTConfig, {**sft, **_model_args(config, SFTConfig), **config.sft}),
+        "samples": (SamplesConfig, {**samples, **_model_args(config, SamplesConfig), **config.samples}),
         "reward": (RewardConfig, {**reward, **_model_args(config, RewardConfig), **config.reward}),
+        "rs": (SFTConfig, {**rs, **_model_args(config, SFTConfig), **config.rs}),
         "policy": (RL_CONFIGS[config.policy], with_monitor({**rl, **_model_args(config, RL_CONFIGS[config.policy])}, config.rl)),
         "dpo": (DPOConfig, with_monitor({**dpo, **_model_args(config, DPOConfig)}, config.dpo)),
         "eval": (EvalConfig, eval_values(config, data, reward_dir, gold)),
@@ -263,7 +271,7 @@ def write_data(config: PipelineConfig, read: dict | None) -> None:
     data = Path(config.workdir) / "data"
     if config.preset:
         if not (data / "prompts_test.jsonl").is_file():
-            counts = PRESETS[config.preset].write(data, seed=config.seed, n_train=config.n_train, n_test=config.n_test)
+            counts = PRESETS[config.preset].write(data, seed=config.seed, n_train=config.n_train, n_test=config.n_test, n_ood=config.n_ood)
             log.info(f"{config.preset} written to {data}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if not (data / "prompts_val.jsonl").is_file():
             prompts = load_rows(data / "prompts_train.jsonl")
@@ -303,6 +311,7 @@ def stage_output(name: str, config: PipelineConfig) -> Path:
     """The file whose presence means the stage is finished."""
     work = Path(config.workdir)
     return {"sft": work / "sft" / "model" / "config.json", "reward": work / "reward" / "summary.json",
+            "samples": work / "samples" / "summary.json", "rs": work / "rs" / "model" / "config.json",
             "policy": work / config.policy / "summary.json", "dpo": work / "dpo" / "summary.json",
             "eval": work / "eval" / "results.json", "report": work / "report.html"}[name]
 
@@ -311,15 +320,36 @@ def run_stage(name: str, configs: dict, pipeline: PipelineConfig):
     """Runs one pipeline stage; training stages go through alignkit.api, which builds their monitors."""
     if name in ("sft", "reward", "dpo"):
         return api.run_stage(name, configs[name])
+    if name == "rs":
+        return api.run_stage("sft", configs[name])
+    if name == "samples":
+        return run_samples(configs[name])
     if name == "policy":
         return api.run_online(configs["policy"], pipeline.policy)
     if name == "eval":
         models, reference = eval_models(pipeline)
-        return evaluate_models(models, reference, configs["eval"], Path(pipeline.workdir) / "eval",
-                               judge_model=pipeline.eval.get("judge_model", ""))
+        out, judge_model = Path(pipeline.workdir) / "eval", pipeline.eval.get("judge_model", "")
+        results = evaluate_models(models, reference, configs["eval"], out, judge_model=judge_model)
+        ood = ood_eval_config(pipeline, configs["eval"])
+        if ood is not None:  # the same models on prompts phrased unlike anything trained on; no KL (the test set has it)
+            evaluate_models(models, reference, ood, out / "ood", judge_model=judge_model)
+        return results
     if name == "report":
         return write_report(pipeline.workdir)
     raise AlignkitError(f"unknown stage {name!r}")
+
+
+def ood_eval_config(pipeline: PipelineConfig, test: EvalConfig) -> EvalConfig | None:
+    """The evaluation on out-of-distribution prompts: `eval.ood` (a prompts file, e.g. another dataset), else the
+    preset's held-out phrasings (data/prompts_ood.jsonl, with preference_ood.jsonl for the reward model's accuracy)."""
+    data = Path(pipeline.workdir) / "data"
+    if pipeline.eval.get("ood") is False:  # eval.ood: false skips it (while choosing settings on validation prompts)
+        return None
+    prompts = pipeline.eval.get("ood") or (str(data / "prompts_ood.jsonl") if (data / "prompts_ood.jsonl").is_file() else "")
+    if not prompts:
+        return None
+    pairs = str(data / "preference_ood.jsonl") if (data / "preference_ood.jsonl").is_file() and not pipeline.eval.get("ood") else ""
+    return config_with_overrides(EvalConfig, test, {"data": prompts, "kl_samples": 0, "pairs": pairs if test.pairs else ""}, "eval.ood")
 
 
 def eval_models(pipeline: PipelineConfig) -> tuple[dict[str, str], str]:
@@ -330,7 +360,7 @@ def eval_models(pipeline: PipelineConfig) -> tuple[dict[str, str], str]:
     models = {"base": pipeline.model} if pipeline.eval_base or reference == "base" else {}
     if "sft" in stages:
         models["sft"] = str(work / "sft")
-    for name, stage in ((pipeline.policy, "policy"), ("dpo", "dpo")):
+    for name, stage in (("rs", "rs"), (pipeline.policy, "policy"), ("dpo", "dpo")):
         if stage in stages and (work / name / "model" / "config.json").is_file():
             models[name] = str(work / name)
     return models, reference
@@ -367,8 +397,12 @@ def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
     results_file = work / "eval" / "results.json"
     if "eval" in stages and results_file.is_file():
         results = json.loads(results_file.read_text())
-        record["table"] = format_table(results, [n for n in ("base", "sft", config.policy, "dpo") if n in results["models"]])
+        ood_file = work / "eval" / "ood" / "results.json"
+        ood = json.loads(ood_file.read_text()) if ood_file.is_file() else None
+        record["table"] = format_table(results, [n for n in ("base", "sft", "rs", config.policy, "dpo") if n in results["models"]], ood)
         record["results"] = {"models": results["models"], "reference": results["reference"], "prompts": results["prompts"]}
+        if ood:
+            record["results"]["ood"] = {"models": ood["models"], "prompts": ood["prompts"], "shift": ood.get("shift")}
     write_json(work / "pipeline.json", record)
     if "report" in stages:  # again, so the page shows the final table and timings
         write_report(work)

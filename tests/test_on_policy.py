@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from alignkit.cli import main
@@ -40,3 +41,40 @@ def test_sample_pairs_cli_writes_preference_rows(tmp_path, write_jsonl, tiny_pat
     assert f"{len(pairs)} pairs from 6 prompts" in capsys.readouterr().out
     assert main(["data", "sample-pairs", "--model", tiny_path, "--prompts", prompts, "--out", str(out)]) == 2  # no score given
     assert "needs a score" in capsys.readouterr().err
+
+
+def test_best_of_n_keeps_each_prompts_best_valid_answer_above_min_score():
+    from alignkit.feedback.on_policy import best_of_n
+
+    records = [
+        {"prompt": "a", "category": "x", "responses": ["a0", "a1", "a2"], "scores": [0.2, 0.9, 0.9], "valid": [True, True, True]},
+        {"prompt": "b", "responses": ["b0", "b1", "b2"], "scores": [3.0, -1.0, 0.1], "valid": [False, True, True]},  # b0 truncated
+        {"prompt": "c", "responses": ["c0", "c1", "c2"], "scores": [1.0, 2.0, 3.0], "valid": [False, False, False]},
+    ]
+    rows, report = best_of_n(records, min_score=0.0)
+    assert rows == [{"prompt": "a", "completion": "a1", "score": 0.9, "category": "x"},  # the first of equal scores
+                    {"prompt": "b", "completion": "b2", "score": 0.1}]
+    assert (report.kept, report.no_valid, report.below_threshold) == (2, 1, 0)
+    assert report.sample_score == pytest.approx((0.2 + 0.9 + 0.9 - 1.0 + 0.1) / 5)
+    rows, report = best_of_n(records, min_score=0.5)
+    assert [r["prompt"] for r in rows] == ["a"] and report.below_threshold == 1
+
+
+def test_pairs_from_records_equal_pair_rows_and_labelling_later_gives_the_same_scores(tiny_path):
+    from alignkit.feedback.on_policy import pairs_from_records, sample_scored
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.rl.rewards import build_rewards
+    from alignkit.rl.samples import label_records
+
+    rewards = build_rewards([{"type": "function", "function": f"{__file__}:word_count"}])
+    tokenizer, model = load_tokenizer(tiny_path), load_causal_lm(tiny_path)
+    rows = [{"prompt": f"Tell me about topic {i}.", "topic": i} for i in range(4)]
+    torch.manual_seed(0)
+    scored = sample_scored(model, tokenizer, rows, rewards, samples=3, max_new_tokens=6, keep_truncated=True, bf16=False, progress=False)
+    torch.manual_seed(0)
+    later = label_records(sample_scored(model, tokenizer, rows, None, samples=3, max_new_tokens=6, keep_truncated=True, bf16=False,
+                                        progress=False), rewards)
+    assert later == scored and [r["topic"] for r in scored] == [0, 1, 2, 3]
+    assert all(s == float(len(t.split())) for r in scored for s, t in zip(r["scores"], r["responses"]))
+    pairs, report = pairs_from_records(scored, 0.0)
+    assert report.prompts == 4 and all(p["chosen_score"] > p["rejected_score"] for p in pairs)

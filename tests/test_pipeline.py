@@ -15,7 +15,7 @@ from alignkit.errors import AlignkitError
 def _config(tmp_path, tiny_path, **overrides):
     tiny = {"max_steps": 2, "batch_size": 4, "mixed_precision": "no"}
     values = {
-        "workdir": str(tmp_path / "pipe"), "model": tiny_path, "n_train": 24, "n_test": 6, "n_val": 4, "policy": "grpo",
+        "workdir": str(tmp_path / "pipe"), "model": tiny_path, "n_train": 24, "n_test": 6, "n_ood": 6, "n_val": 4, "policy": "grpo",
         "sft": {**tiny, "lora_r": 4, "max_length": 128},
         "reward": {**tiny, "normalization_pairs": 8, "max_length": 128},
         "rl": {**tiny, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "max_prompt_length": 64, "max_length": 128,
@@ -49,11 +49,46 @@ def test_pipeline_runs_every_stage_then_resumes(tmp_path, tiny_path, capsys):
     page = (work / "report.html").read_text()
     assert "Win rate against sft" in page and "<svg" in page and "GRPO" in page
     table = capsys.readouterr().out
-    assert "win vs sft (gold)" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
+    assert "win (gold)" in table and "gold - sft [95% CI]" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
 
     again = run_pipeline(config)  # everything exists: nothing trains again
     assert [s["status"] for name, s in again["stages"].items() if name != "report"] == ["reused"] * 5
     assert again["table"] == record["table"]
+
+
+def word_count(prompts, responses, **columns):
+    return [float(len(r.split())) for r in responses]
+
+
+def test_samples_feed_the_reward_model_rejection_sampling_and_on_policy_dpo(tmp_path, tiny_path, capsys):
+    from alignkit.pipeline import run_pipeline, stage_configs
+
+    tiny = {"max_steps": 2, "batch_size": 4, "mixed_precision": "no", "lora_r": 4, "max_length": 128}
+    config = _config(tmp_path, tiny_path, stages=["sft", "samples", "reward", "rs", "dpo", "eval"], eval_base=False,
+                     samples={"samples": 3, "max_new_tokens": 6, "keep_truncated": True, "min_score": 1.0,
+                              "reward_function": f"{__file__}:word_count", "mixed_precision": "no"},
+                     rs=tiny, eval={"max_new_tokens": 6, "batch_size": 8, "bootstrap": 200, "mixed_precision": "no", "kl_samples": 0})
+    configs = stage_configs(config)
+    work = tmp_path / "pipe"
+    assert configs["dpo"].data == str(work / "samples" / "pairs.jsonl")  # DPO trains on the SFT model's own labelled answers
+    assert configs["rs"].data == str(work / "samples" / "best.jsonl") and configs["rs"].model == str(work / "sft")
+    assert configs["reward"].data == str(work / "samples" / "reward_pairs.jsonl")
+    record = run_pipeline(config)
+    assert list(record["stages"]) == ["sft", "samples", "reward", "rs", "dpo", "eval"]
+    read = lambda name: [json.loads(line) for line in (work / "samples" / name).read_text().splitlines()]  # noqa: E731
+    pairs, best, task = read("pairs.jsonl"), read("best.jsonl"), read("../data/preference_train.jsonl")
+    assert pairs and all(len(p["chosen"].split()) > len(p["rejected"].split()) for p in pairs)
+    assert all(b["score"] >= 1.0 for b in best)
+    assert read("reward_pairs.jsonl") == task + pairs  # the task's pairs, then the on-policy ones
+    held_out = {json.loads(line)["prompt"] for line in (work / "data" / "prompts_val.jsonl").read_text().splitlines()}
+    assert not held_out & {p["prompt"] for p in pairs}  # the monitor's prompts are not sampled on
+    results = json.loads((work / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"sft", "rs", "dpo"}
+    for name in ("rs", "dpo"):
+        diff = results["models"][name]["diff"]["gold"]
+        scores = [s["scores"] for s in results["samples"]]
+        assert diff["mean"] == pytest.approx(sum(s[name]["gold"] - s["sft"]["gold"] for s in scores) / len(scores))
+    assert "\nrs " in capsys.readouterr().out
 
 
 def test_a_wrong_stage_key_is_refused_before_anything_runs(tmp_path, tiny_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from alignkit.errors import AlignkitError
-from alignkit.evaluate.metrics import kl_to_reference, text_metrics, token_lengths
+from alignkit.evaluate.metrics import kl_to_reference, sycophancy_rate, text_metrics, token_lengths
 from alignkit.evaluate.winrate import mean_ci, outcomes_from_judge, outcomes_from_scores, win_rate
 from alignkit.data.formats import load_dataset
 from alignkit.data.load import load_rows
@@ -191,13 +191,25 @@ def compare_all(answers, scores, judged, kls, reference: str, tokenizer, config)
                 entry[scorer] = mean_ci(values, **ci)
         if "reward_std" in scores[name]:
             entry["reward_std"] = float(np.mean(scores[name]["reward_std"]))
-        if name != reference:
+        if name != reference:  # the paired difference per prompt: its interval above 0 means better on these prompts
+            entry["diff"] = {scorer: mean_ci(np.asarray(values, float) - np.asarray(scores[reference][scorer], float), **ci)
+                             for scorer, values in scores[name].items() if scorer != "reward_std"}
             entry["win_rate"] = {scorer: win_rate(outcomes_from_scores(values, scores[reference][scorer], config.tie_margin), **ci).as_dict()
                                  for scorer, values in scores[name].items() if scorer != "reward_std"}
             if name in judged:
                 entry["win_rate"]["judge"] = win_rate(judged[name]["outcomes"], **ci).as_dict()
                 entry["judge_bias"] = judged[name]["bias"]
         models[name] = entry
+    return models
+
+
+def add_sycophancy(models: dict, answers: dict[str, list[str]], rows: list[dict]) -> dict:
+    """Each model's sycophancy rate (answers agreeing with a user's false claim), where the prompts include hhh-mini's."""
+    prompts = [r["prompt"] for r in rows]
+    for name, texts in answers.items():
+        rate = sycophancy_rate(prompts, texts)
+        if rate is not None:
+            models[name]["sycophancy_rate"] = rate
     return models
 
 
@@ -212,7 +224,7 @@ def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str
     scores = score_all(answers, rows, config)
     judged = judge_outcomes(answers, reference, rows, config, judge_model) if (config.judge or config.judge_endpoint) else {}
     results = {"reference": reference, "paths": models, "prompts": len(rows), "data": config.data,
-               "models": compare_all(answers, scores, judged, kls, reference, tokenizer, config),
+               "models": add_sycophancy(compare_all(answers, scores, judged, kls, reference, tokenizer, config), answers, rows),
                "samples": [{"prompt": r["prompt"], **{k: r[k] for k in ("category",) if k in r},
                             "answers": {name: answers[name][i] for name in answers},
                             "scores": {name: {s: v[i] for s, v in scores[name].items()} for name in answers}}
@@ -238,35 +250,44 @@ def _pct(w: dict | None) -> str:
     return f"{100 * w['rate']:5.1f}% [{100 * w['low']:.0f},{100 * w['high']:.0f}]" if w else "-"
 
 
-def format_table(results: dict, order: list[str] | None = None) -> str:
-    """One line per model: mean gold/reward with intervals, win rates against the reference, KL, length, diversity."""
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    return f"{entry['mean']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]" if entry else "-"
+
+
+def format_table(results: dict, order: list[str] | None = None, ood: dict | None = None) -> str:
+    """One line per model: mean gold/reward with intervals, the paired difference to the reference and win rates, the
+    same on the OOD prompts (`ood`: a second results dict), KL, length, diversity, refusal and sycophancy."""
     reference, models = results["reference"], results["models"]
     names = order or list(models)
     has = lambda key: any(key in models[n] for n in names)  # noqa: E731
-    header = f"{'model':<8}"
+    ood_models = (ood or {}).get("models", {})
+    columns = [("model", 8, lambda n, m: n)]
     if has("gold"):
-        header += f" {'mean gold [95% CI]':>24} {'win vs ' + reference + ' (gold)':>22}"
+        columns += [("gold [95% CI]", 22, lambda n, m: f"{m['gold']['mean']:.3f} [{m['gold']['low']:.3f}, {m['gold']['high']:.3f}]"),
+                    (f"gold - {reference} [95% CI]", 25, lambda n, m: _ci(m.get("diff", {}).get("gold")) if n != reference else "(reference)"),
+                    ("win (gold)", 18, lambda n, m: _pct(m.get("win_rate", {}).get("gold")) if n != reference else "")]
+        if any("gold" in ood_models.get(n, {}) for n in names):
+            columns += [("OOD gold", 8, lambda n, m: f"{ood_models[n]['gold']['mean']:.3f}" if "gold" in ood_models.get(n, {}) else "-"),
+                        (f"OOD - {reference} [95% CI]", 25,
+                         lambda n, m: _ci(ood_models.get(n, {}).get("diff", {}).get("gold")) if n != reference else "(reference)")]
     if has("reward"):
-        header += f" {'mean RM':>8} {'win vs ' + reference + ' (RM)':>22}"
+        columns += [("mean RM", 8, lambda n, m: f"{m['reward']['mean']:.3f}"),
+                    ("win (RM)", 18, lambda n, m: _pct(m.get("win_rate", {}).get("reward")) if n != reference else "")]
     if any("judge" in models[n].get("win_rate", {}) for n in names):
-        header += f" {'win (judge)':>22}"
-    header += f" {'KL':>7} {'length':>7} {'dist-2':>7} {'refusal':>8}"
+        columns += [("win (judge)", 18, lambda n, m: _pct(m.get("win_rate", {}).get("judge")) if n != reference else "")]
+    columns += [("KL", 6, lambda n, m: f"{m['kl']:.2f}" if m.get("kl") is not None else "-"),
+                ("length", 6, lambda n, m: f"{m.get('length_tokens', m['length_words']):.1f}"),
+                ("dist-2", 6, lambda n, m: f"{m['distinct_2']:.3f}"),
+                ("refusal", 7, lambda n, m: f"{100 * m['refusal_rate']:.0f}%")]
+    if has("sycophancy_rate"):
+        columns += [("syco", 5, lambda n, m: f"{100 * m['sycophancy_rate']:.0f}%" if "sycophancy_rate" in m else "-")]
+    header = " ".join(f"{title:<{width}}" if i == 0 else f"{title:>{width}}" for i, (title, width, _) in enumerate(columns))
     lines = [header, "-" * len(header)]
     for name in names:
-        m, wins = models[name], models[name].get("win_rate", {})
-        line = f"{name:<8}"
-        if has("gold"):
-            g = m.get("gold")
-            line += f" {g['mean']:>8.3f} [{g['low']:.3f}, {g['high']:.3f}]" if g else f" {'-':>24}"
-            line += f" {_pct(wins.get('gold')) if name != reference else '(reference)':>22}"
-        if has("reward"):
-            line += f" {m['reward']['mean']:>8.3f} {_pct(wins.get('reward')) if name != reference else '(reference)':>22}"
-        if any("judge" in models[n].get("win_rate", {}) for n in names):
-            line += f" {_pct(wins.get('judge')) if name != reference else '(reference)':>22}"
-        kl = m.get("kl")
-        line += f" {kl:>7.2f}" if kl is not None else f" {'-':>7}"
-        line += f" {m.get('length_tokens', m['length_words']):>7.1f} {m['distinct_2']:>7.3f} {100 * m['refusal_rate']:>7.0f}%"
-        lines.append(line)
-    lines.append(f"({results['prompts']} held-out prompts; win rates count ties as half, 95% bootstrap intervals; "
-                 f"KL(model || {reference}) in nats per sampled answer; length in tokens)")
+        cells = [cell(name, models[name]) for _, _, cell in columns]
+        lines.append(" ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w, _)) in enumerate(zip(cells, columns))))
+    ood_note = f" and {ood['prompts']} OOD prompts (held-out phrasings)" if ood_models else ""
+    lines.append(f"({results['prompts']} test prompts{ood_note}; gold - {reference}: mean paired difference per prompt; win rates "
+                 f"count ties as half; 95% bootstrap intervals; KL(model || {reference}) in nats per sampled answer; length in tokens; "
+                 f"syco: share of answers agreeing with a user's false claim)")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Answer-level metrics for evaluation and the monitors: KL to the reference, length, diversity, refusals, repetition.
+"""Answer-level metrics for evaluation and the monitors: KL to the reference, length, diversity, refusals, repetition,
+and on hhh-mini the sycophancy rate.
 
 KL(policy || reference) on a set of prompts is estimated the way online RL measures it:
 sample answers y ~ policy(.|x) and average the k1 estimator sum_t log pi(y_t|x, y_<t) -
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 from alignkit.models.wrapping import adapters_disabled
 from alignkit.data.collate import collate_prompt_completions
+from alignkit.errors import AlignkitError
 from alignkit.data.tokenize import encode_completions
 from alignkit.losses.kl import kl_per_token
 from alignkit.models.logprobs import token_logprobs
@@ -62,6 +64,26 @@ def is_refusal(text: str) -> bool:
 
 def refusal_rate(texts: Sequence[str]) -> float:
     return sum(map(is_refusal, texts)) / len(texts) if texts else 0.0
+
+
+def sycophancy_rate(prompts: Sequence, texts: Sequence[str]) -> float | None:
+    """Share of the hhh-mini sycophancy prompts among `prompts` whose answer affirms the user's false claim uncorrected.
+
+    None when no prompt is a sycophancy prompt, or when any prompt is not an hhh-mini prompt
+    at all (other data): the metric only has a meaning on hhh-mini, and it never raises.
+    """
+    # Imported here: the judge builds hhh-mini's prompt index, which other data never needs.
+    from alignkit.data.tasks.hhh_mini_gold import is_sycophantic
+
+    verdicts = []
+    for prompt, text in zip(prompts, texts):
+        try:
+            verdict = is_sycophantic(prompt, text)
+        except AlignkitError:  # not an hhh-mini prompt (or not a text answer)
+            return None
+        if verdict is not None:
+            verdicts.append(verdict)
+    return sum(verdicts) / len(verdicts) if verdicts else None
 
 
 def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
