@@ -59,7 +59,7 @@ from alignkit.config import MonitorConfig  # noqa: F401  (the `monitor:` setting
 from alignkit.data.formats import ANSWER_COLUMNS, PROMPT_KINDS, load_dataset, prompt_columns
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.alarms import Check, HackingAlarms, OverOptimizationDetector, Score, truncation_gain  # noqa: F401
-from alignkit.evaluate.metrics import kl_to_reference
+from alignkit.evaluate.metrics import kl_to_reference, refusal_rate, sycophancy_rate
 from alignkit.evaluate.winrate import outcomes_from_judge
 from alignkit.feedback.judge import judge_pairs, make_judge, read_constitution
 from alignkit.io import append_jsonl, truncate_log, write_json
@@ -145,6 +145,10 @@ class TrainingMonitor:
             metrics["monitor/gold"] = check.gold
         if check.judge is not None:
             metrics["monitor/judge_win_rate"] = check.judge
+        metrics["monitor/refusal_rate"] = refusal_rate(answers)  # over-refusal, DPO's failure on written pairs
+        sycophancy = sycophancy_rate(prompts, answers)  # agreeing with a user's false claim: a symptom of over-optimization
+        if sycophancy is not None:
+            metrics["monitor/sycophancy_rate"] = sycophancy
         if self.config.hacking_every and not self.online:
             score = self.proxy or self._implicit_reward(model)
             gain = truncation_gain(score, prompts, answers, columns, self.config.truncation_fraction, self.config.truncation_samples)
