@@ -88,7 +88,7 @@ def run_bare(args, data: Path) -> dict:
     path = resolve_model_path(args.model)
     started = time.perf_counter()
     examples, pad_id = tokenized_pairs(path, data, args.max_length)
-    policy = load_causal_lm(path)
+    policy = load_causal_lm(path).to(args.device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
@@ -96,11 +96,13 @@ def run_bare(args, data: Path) -> dict:
     times = []
     for start in range(0, len(examples), args.batch_size):
         rows = examples[start:start + args.batch_size]
+        harness.sync()
         began = time.perf_counter()
         prompts = [e["sequences"][0][0] for e in rows] + [e["sequences"][1][0] for e in rows]
         completions = [e["sequences"][0][1] for e in rows] + [e["sequences"][1][1] for e in rows]
         batch = collate_prompt_completions(prompts, completions, pad_id)  # (2B, T): chosen rows, then rejected
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = {k: v.to(args.device) for k, v in batch.items()}
+        with torch.autocast(args.device, dtype=torch.bfloat16):
             logps = summed_logps(policy, batch)  # (2B,)
             with torch.no_grad():
                 ref_logps = summed_logps(reference, batch)  # (2B,)
@@ -110,6 +112,7 @@ def run_bare(args, data: Path) -> dict:
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        harness.sync()
         times.append(time.perf_counter() - began)
     return {"step_seconds": times[args.warmup:], "setup_seconds": setup}
 
@@ -126,7 +129,7 @@ def run_trl(args, data: Path, out: Path, precompute: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     config = DPOConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                        max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                       max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], bf16=True, use_cpu=True, seed=0,
+                       max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], bf16=True, use_cpu=args.device == "cpu", seed=0,
                        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
                        precompute_ref_log_probs=precompute)
     trainer = DPOTrainer(model=model, args=config, train_dataset=load_dataset("json", data_files=str(data), split="train"),
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating")
     parser.add_argument("--sides", default="alignkit,trl,bare", help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--json", help="also write the results here as JSON")
+    harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -193,7 +197,7 @@ def main() -> None:
                 runs[side].append(harness.run_child(__file__, side, [
                     "--data", str(data), "--out", f"{tmp}/{round_}/{side}", "--model", args.model,
                     "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup), "--lr", str(args.lr)]))
+                    "--warmup", str(args.warmup), "--lr", str(args.lr)], device=args.device))
 
     tokens_per_step = args.batch_size * statistics.fmean(sum(len(p) + len(c) for p, c in e["sequences"]) for e in examples)
     params = harness.matmul_parameters(path)
@@ -202,7 +206,7 @@ def main() -> None:
         results[side] = harness.summarize(r, args.batch_size, 6 * params * tokens_per_step)
         results[side]["setup_seconds"] = statistics.median(x["setup_seconds"] for x in r)
     harness.write_json(args.json, {
-        "stage": "dpo", "command": harness.command_line(), "model": args.model, "unit": "pairs/s",
+        "stage": "dpo", "command": harness.command_line(), "model": args.model, "unit": "pairs/s", "device": args.device,
         "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, bf16 autocast, sigmoid loss "
                     f"beta 0.1, AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": tokens_per_step,

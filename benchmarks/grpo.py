@@ -77,16 +77,16 @@ def bench_generation(args) -> dict:
     from alignkit.models.load import load_causal_lm, load_tokenizer
     from alignkit.rl.rollout import encode_prompts, generate
 
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model).to(args.device)
     model.eval()
     ids, _, _ = encode_prompts(tokenizer, hhh_prompts(args.prompts), 256)
     repeated = [p for p in ids for _ in range(args.group)]
-    input_ids = pad_sequences(repeated, tokenizer.pad_token_id, side="left")
-    attention = pad_sequences([[1] * len(p) for p in repeated], 0, side="left")
+    input_ids = pad_sequences(repeated, tokenizer.pad_token_id, side="left").to(args.device)
+    attention = pad_sequences([[1] * len(p) for p in repeated], 0, side="left").to(args.device)
     eos = tokenizer.eos_token_id
 
     def bare():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16):
             out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=args.max_new_tokens, do_sample=True,
                                  temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         tokens = 0
@@ -103,6 +103,7 @@ def bench_generation(args) -> dict:
     for round_ in range(args.gen_rounds + 1):
         for name, fn in (("bare", bare), ("alignkit", ours)) if round_ % 2 == 0 else (("alignkit", ours), ("bare", bare)):
             torch.manual_seed(round_)
+            harness.sync()
             start = time.perf_counter()
             count = fn()
             if round_ > 0:  # round 0 warms up both
@@ -142,20 +143,21 @@ def run_bare(args) -> dict:
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.model)
-    model = get_peft_model(load_causal_lm(args.model), LoraConfig(
+    model = get_peft_model(load_causal_lm(args.model).to(args.device), LoraConfig(
         r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0)
     prompts = hhh_prompts(args.prompts * (args.warmup + args.steps))
     prompt_ids, _, _ = encode_prompts(tokenizer, prompts, 256)
     pad, eos, beta, group = tokenizer.pad_token_id, tokenizer.eos_token_id, 0.04, args.group
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16)
     times, lengths, rewards = [], [], []
     for step in range(args.warmup + args.steps):
+        harness.sync()
         began = time.perf_counter()
         chunk = slice(step * args.prompts, (step + 1) * args.prompts)
         repeated = [ids for ids in prompt_ids[chunk] for _ in range(group)]
-        input_ids = pad_sequences(repeated, pad, side="left")  # (N, P_len), N = P * G
-        prompt_mask = pad_sequences([[1] * len(ids) for ids in repeated], 0, side="left")
+        input_ids = pad_sequences(repeated, pad, side="left").to(args.device)  # (N, P_len), N = P * G
+        prompt_mask = pad_sequences([[1] * len(ids) for ids in repeated], 0, side="left").to(args.device)
         model.eval()
         with torch.no_grad(), autocast:
             sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
@@ -164,9 +166,9 @@ def run_bare(args) -> dict:
         response = sequences[:, input_ids.shape[1]:]  # (N, R)
         is_eos = (response == eos).long()
         response_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (N, R) up to and including the first EOS
-        texts = tokenizer.batch_decode(response.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
+        texts = tokenizer.batch_decode(response.masked_fill(response_mask == 0, pad).cpu(), skip_special_tokens=True)
         scores = torch.tensor(gold_rewards([p for p in prompts[chunk] for _ in range(group)], texts)).view(-1, group)  # (P, G)
-        advantages = ((scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-4)).flatten()  # (N,)
+        advantages = ((scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-4)).flatten().to(args.device)  # (N,)
 
         attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (N, T)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -188,6 +190,7 @@ def run_bare(args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        harness.sync()
         times.append(time.perf_counter() - began)
         lengths.append(response_mask.sum(-1).float().mean().item())
         rewards.append(scores.mean().item())
@@ -210,7 +213,7 @@ def run_trl(args, out: Path) -> dict:
         output_dir=str(out / "trl"), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, beta=0.04, loss_type="dapo", scale_rewards="group", epsilon=0.2,
-        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=True, use_cpu=True,
+        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu",
         max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none", disable_dropout=True,
         seed=0, dataloader_num_workers=0, log_completions=False)
     timer = harness.step_timer()
@@ -252,6 +255,7 @@ def main() -> None:
     parser.add_argument("--gen-rounds", type=int, default=4, help="timed generation rounds per side (0: skip the generation comparison)")
     parser.add_argument("--sides", default="trl,alignkit,bare", help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--json", help="also write the results here as JSON")
+    harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,7 +279,7 @@ def main() -> None:
                 runs[side].append(harness.run_child(__file__, side, [
                     "--out", str(out), "--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group),
                     "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup)]))
+                    "--warmup", str(args.warmup)], device=args.device))
 
     prompt_ids, _, _ = encode_prompts(load_tokenizer(args.model), hhh_prompts(args.prompts * (args.warmup + args.steps)), 256)
     prompt_length = statistics.fmean(map(len, prompt_ids))
@@ -287,7 +291,7 @@ def main() -> None:
         results[side] = harness.summarize(r, sequences, 8 * params * tokens)
         results[side].update(response_length=length, tokens_per_step=tokens, reward=statistics.fmean(x["reward"] for x in r))
     harness.write_json(args.json, {
-        "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s",
+        "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s", "device": args.device,
         "settings": f"{args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, bf16 autocast, "
                     f"beta 0.04 (k3), AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": statistics.fmean(x["tokens_per_step"] for x in results.values()),

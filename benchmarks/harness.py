@@ -10,11 +10,17 @@ alike), and summarises each side the same way:
 
 `--json PATH` writes that summary with what `run_all.py` needs for MFU: the model's
 matmul parameters and the model FLOPs of one step.
+
+`--device cuda` (every stage script and `run_all.py`) runs every side on the GPU: the
+bare loops move model and batches there, TRL gets `use_cpu=False`, alignkit's
+accelerate picks CUDA by itself. With the default `--device cpu` the children see no
+GPU (`CUDA_VISIBLE_DEVICES=""`), so on a GPU machine alignkit stays on the CPU too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -23,6 +29,17 @@ import time
 from pathlib import Path
 
 RESULT = "RESULT "
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every side runs (default cpu)")
+
+
+def sync() -> None:
+    """Waits for queued GPU work, so a step's wall time is its own; nothing to do on the CPU."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def peak_mib() -> float:
@@ -39,9 +56,11 @@ def step_timer():
             self.times, self._start = [], None
 
         def on_step_begin(self, *_, **__):
+            sync()
             self._start = time.perf_counter()
 
         def on_step_end(self, *_, **__):
+            sync()
             self.times.append(time.perf_counter() - self._start)
 
     return StepTimer()
@@ -50,13 +69,18 @@ def step_timer():
 def emit(result: dict) -> None:
     """The child's one line of output that the parent reads."""
     result.setdefault("peak_mib", peak_mib())
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        result.setdefault("peak_cuda_mib", torch.cuda.max_memory_allocated() / 2 ** 20)
     print(RESULT + json.dumps(result), flush=True)
 
 
-def run_child(script: str, side: str, argv: list[str]) -> dict:
-    """Runs `script --side side *argv` in a fresh interpreter and returns its RESULT dict."""
+def run_child(script: str, side: str, argv: list[str], device: str = "cpu") -> dict:
+    """Runs `script --side side *argv --device device` in a fresh interpreter and returns its RESULT dict."""
     print(f"running {Path(script).stem}/{side} ...", file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, script, "--side", side, *argv], capture_output=True, text=True)
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None  # cpu: no side may find a GPU
+    done = subprocess.run([sys.executable, script, "--side", side, *argv, "--device", device], capture_output=True, text=True,
+                          env=env)
     line = next((l for l in reversed(done.stdout.splitlines()) if l.startswith(RESULT)), None)
     if done.returncode != 0 or line is None:
         sys.stderr.write(done.stderr[-4000:])
@@ -109,7 +133,7 @@ def summarize(runs: list[dict], units_per_step: float, flops_per_step: float) ->
         "throughput": units_per_step / seconds,
         "flops_per_step": flops_per_step,
         "peak_mib": max(r.get("peak_mib", 0.0) for r in runs),
-    }
+    } | ({"peak_cuda_mib": max(r.get("peak_cuda_mib", 0.0) for r in runs)} if any("peak_cuda_mib" in r for r in runs) else {})
 
 
 def write_json(path: str | None, payload: dict) -> None:

@@ -84,26 +84,28 @@ def run_bare(args, data: Path) -> dict:
     path = resolve_model_path(args.model)
     pad_id = load_tokenizer(path).pad_token_id
     pairs = tokenized_pairs(path, data)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1).to(args.device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     times = []
     for start in range(0, len(pairs), args.batch_size):
         rows = pairs[start:start + args.batch_size]
         sequences = [p["chosen_ids"][:args.max_length] for p in rows] + [p["rejected_ids"][:args.max_length] for p in rows]
+        harness.sync()
         began = time.perf_counter()
-        input_ids = pad_sequences(sequences, pad_id)  # (2B, T)
-        attention_mask = pad_sequences([[1] * len(s) for s in sequences], 0)  # (2B, T)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        input_ids = pad_sequences(sequences, pad_id).to(args.device)  # (2B, T)
+        attention_mask = pad_sequences([[1] * len(s) for s in sequences], 0).to(args.device)  # (2B, T)
+        with torch.autocast(args.device, dtype=torch.bfloat16):
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (2B, T, H)
             last = attention_mask.sum(-1) - 1  # (2B,) each row's last real token
-            rewards = model.score(hidden[torch.arange(len(sequences)), last]).squeeze(-1).float()  # (2B,)
+            rewards = model.score(hidden[torch.arange(len(sequences), device=hidden.device), last]).squeeze(-1).float()  # (2B,)
         chosen, rejected = rewards.chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        harness.sync()
         times.append(time.perf_counter() - began)
     return {"step_seconds": times[args.warmup:], "train_pairs": len(pairs)}
 
@@ -125,7 +127,7 @@ def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1)
     config = RewardConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                           max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                          max_grad_norm=1.0, bf16=True, use_cpu=True, seed=0, gradient_checkpointing=checkpointing,
+                          max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu", seed=0, gradient_checkpointing=checkpointing,
                           logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     dataset = Dataset.from_list(tokenized_pairs(path, data))
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer(path))
@@ -155,7 +157,8 @@ def child(args) -> None:
 def run_side(side: str, args, data: Path, tmp: str) -> dict:
     return harness.run_child(__file__, side, [
         "--data", str(data), "--out", str(Path(tmp) / side), "--model", args.model, "--batch-size", str(args.batch_size),
-        "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)])
+        "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)],
+        device=args.device)
 
 
 def main() -> None:
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--sides", default="alignkit,trl,bare", help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--json", help="also write the results here as JSON")
+    harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -200,7 +204,7 @@ def main() -> None:
     tokens_per_step = args.batch_size * tokens_per_pair
     results = {side: harness.summarize(r, args.batch_size, 6 * params * tokens_per_step) for side, r in runs.items()}
     harness.write_json(args.json, {
-        "stage": "reward", "command": harness.command_line(), "model": args.model, "unit": "pairs/s",
+        "stage": "reward", "command": harness.command_line(), "model": args.model, "unit": "pairs/s", "device": args.device,
         "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, bf16 autocast, "
                     f"Bradley-Terry loss, AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": tokens_per_step,

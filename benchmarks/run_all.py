@@ -3,6 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/run_all.py                      # embedded SmolLM2-135M, 3 runs per side
     .venv/bin/python benchmarks/run_all.py --quick --out /tmp/bench.md     # smoke: tiny-llama, 2 steps, 1 run per side
     .venv/bin/python benchmarks/run_all.py --stages sft,dpo --runs 5
+    python3 benchmarks/run_all.py --device cuda --steps 8 --out /tmp/bench.md   # every side on the GPU
 
 1. Measures this machine's matmul peak in this process: torch.matmul of square bf16
    (and, for reference, fp32) matrices, a few warm-up then timed repetitions, the best
@@ -69,27 +70,30 @@ NOTES = {
 
 # ---------------------------------------------------------------- the machine
 
-def matmul_gflops(n: int, dtype, warmup: int, reps: int) -> float:
-    """Best GFLOP/s of `a @ b` for (n, n) matrices of `dtype` over `reps` timed repetitions."""
+def matmul_gflops(n: int, dtype, warmup: int, reps: int, device: str = "cpu") -> float:
+    """Best GFLOP/s of `a @ b` for (n, n) matrices of `dtype` on `device` over `reps` timed repetitions."""
     import torch
 
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(warmup):
         torch.matmul(a, b)
     best = float("inf")
     for _ in range(reps):
+        sync()
         start = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
 
 
-def measure_peak(sizes: tuple[int, ...], warmup: int, reps: int) -> dict:
+def measure_peak(sizes: tuple[int, ...], warmup: int, reps: int, device: str = "cpu") -> dict:
     import torch
 
     out = {}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        by_size = {n: matmul_gflops(n, dtype, warmup, reps) for n in sizes}
+        by_size = {n: matmul_gflops(n, dtype, warmup, reps, device) for n in sizes}
         out[name] = {"gflops": max(by_size.values()), "by_size": by_size}
         print(f"matmul peak {name}: " + ", ".join(f"n={n}: {g:.0f} GFLOP/s" for n, g in by_size.items()), flush=True)
     out.update(sizes=list(sizes), warmup=warmup, reps=reps)
@@ -149,7 +153,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def describe_machine() -> dict:
+def describe_machine(device: str = "cpu") -> dict:
     import torch
 
     versions = {}
@@ -161,13 +165,18 @@ def describe_machine() -> dict:
     return {"cpu": cpu_model(), "flags": cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "memory_gib": memory_gib(), "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "versions": versions, "load_start": os.getloadavg()[0], "commit": git_commit(),
-            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")} | (
+                {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda} if device == "cuda" else {})
 
 
 # ---------------------------------------------------------------- running the stages
 
 def stage_command(stage: str, args, json_path: Path) -> list[str]:
     extra = (QUICK_ARGS if args.quick else STAGE_ARGS)[stage]
+    if args.steps:  # every stage's arguments name --steps: replace its value
+        extra = [str(args.steps) if i and extra[i - 1] == "--steps" else a for i, a in enumerate(extra)]
+    if args.device != "cpu":
+        extra = [*extra, "--device", args.device]
     return [f"benchmarks/{stage}.py", "--model", args.model, "--rounds", str(args.runs), *extra,
             "--json", str(json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path)]
 
@@ -256,7 +265,9 @@ def render(machine: dict, peak: dict, results: dict, args, minutes: float) -> st
         "",
         f"- **Machine**: {machine['cpu']} ({', '.join(machine['flags']) or 'no AVX-512'}), {machine['logical_cpus']} logical CPUs "
         f"({machine['usable_cpus']} usable), {machine['memory_gib']:.0f} GiB RAM; Python {machine['python']}, torch {machine['torch']} "
-        f"({machine['threads']} threads), " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
+        f"({machine['threads']} threads), " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + "."
+        + (f" Every side on the GPU: **{machine['gpu']}** (CUDA {machine['cuda']}); the peak and MFU below are the GPU's."
+           if machine.get("gpu") else ""),
         f"- **Load average** (1 min) {machine['load_start']:.1f} at the start, {machine['load_end']:.1f} at the end: other jobs on "
         "the machine slow every side in absolute terms; sides alternate run by run so that they share it alike.",
         f"- **Measured matmul peak** (this run, `torch.matmul` of square matrices, best of {peak['reps']} after {peak['warmup']} "
@@ -313,6 +324,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs per side, medians over them (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny-llama, small batches, 2 measured steps")
     parser.add_argument("--out", help="markdown file to update (default BENCHMARKS.md; with --quick a scratch file in /tmp)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every side runs (default cpu)")
+    parser.add_argument("--steps", type=int, help="measured steps per run for every stage (default: each stage's own)")
     parser.add_argument("--results-dir", help="where the stage JSON files go (default runs/bench, runs/bench-quick with --quick)")
     args = parser.parse_args()
     args.shown = ".venv/bin/python " + shlex.join(["benchmarks/run_all.py", *sys.argv[1:]])
@@ -327,13 +340,15 @@ def main() -> None:
 
     earlier = earlier_results(results_dir / "run_all.json", args.model, skip=stages)
     started = time.time()
-    machine = describe_machine()
+    machine = describe_machine(args.device)
     print(f"{machine['cpu']}, {machine['usable_cpus']} CPUs, torch {machine['torch']} ({machine['threads']} threads)", flush=True)
     sizes, warmup, reps = ((512, 1024), 1, 3) if args.quick else ((2048, 4096), 2, 5)
-    first = measure_peak(sizes, warmup, reps)
+    if args.device == "cuda":
+        sizes = (4096, 8192)
+    first = measure_peak(sizes, warmup, reps, args.device)
     fresh = {stage: run_stage(stage, args, results_dir) | {"date": machine["date"], "runs": args.runs} for stage in stages}
     machine["load_end"] = os.getloadavg()[0]
-    peak = best_peak(first, measure_peak(sizes, warmup, reps))
+    peak = best_peak(first, measure_peak(sizes, warmup, reps, args.device))
     for result in fresh.values():
         result["peak_gflops"] = peak["bf16"]["gflops"]
     minutes = (time.time() - started) / 60

@@ -84,19 +84,22 @@ def run_bare(args, path: str, data: Path) -> list[float]:
     stream = BatchStream(len(examples), args.batch_size, seed=0)  # the order the recipe draws (seed 0)
     batches = [collate_lm([examples[i] for i in stream.next_step(1)[0]], tokenizer.pad_token_id)
                for _ in range(args.warmup + args.steps)]
-    model = load_causal_lm(path)
+    model = load_causal_lm(path).to(args.device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     times = []
     for batch in batches:
+        harness.sync()
         start = time.perf_counter()
+        batch = {k: v.to(args.device) for k, v in batch.items()}
         labels = batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(args.device, dtype=torch.bfloat16):
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        harness.sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -111,7 +114,7 @@ def run_trl(args, path: str, data: Path, out: Path) -> list[float]:
     dataset = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": e["loss_mask"]} for e in examples])
     config = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.seq_len + 8,
                        max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                       weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True, seed=0, gradient_checkpointing=False,
+                       weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu", seed=0, gradient_checkpointing=False,
                        completion_only_loss=True, packing=False, padding_free=False, eval_strategy="no",
                        logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
                        dataloader_num_workers=0)
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--json", help="also write the results here as JSON")
+    harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -172,13 +176,14 @@ def main() -> None:
                 runs[side].append(harness.run_child(__file__, side, [
                     "--data", str(data), "--out", f"{tmp}/{round_}/{side}", "--model", args.model,
                     "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup), "--lr", str(args.lr)]))
+                    "--warmup", str(args.warmup), "--lr", str(args.lr)], device=args.device))
 
     tokens_per_step = args.batch_size * statistics.fmean(len(e["input_ids"]) for e in examples)  # real tokens, no padding
     params = harness.matmul_parameters(path)
     results = {side: harness.summarize(r, tokens_per_step, 6 * params * tokens_per_step) for side, r in runs.items()}
     harness.write_json(args.json, {
         "stage": "sft", "command": harness.command_line(), "model": args.model, "unit": "tokens/s",
+        "device": args.device,
         "settings": f"{args.batch_size} rows x ~{args.seq_len} tokens, full fine-tuning, bf16 autocast, AdamW, "
                     f"{args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": tokens_per_step,

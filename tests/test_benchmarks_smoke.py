@@ -102,3 +102,15 @@ def test_validation_prompts_are_new_and_stratified_like_test(tmp_path):
     assert len(rows) >= 90 and not demo & {row["prompt"] for row in rows}
     assert set(mix) == set(test_mix) and all(mix[c] <= test_mix[c] for c in mix)
     assert sum(mix[c] == test_mix[c] for c in mix) >= 3  # the task runs out of some categories, not of most
+
+
+def test_stage_command_names_device_and_steps_only_when_asked():
+    from argparse import Namespace
+
+    base = dict(model="m", runs=1, quick=False)
+    json_path = run_all.ROOT / "runs" / "bench" / "sft.json"
+    cpu = run_all.stage_command("sft", Namespace(**base, steps=None, device="cpu"), json_path)
+    assert cpu == ["benchmarks/sft.py", "--model", "m", "--rounds", "1", *run_all.STAGE_ARGS["sft"], "--json", "runs/bench/sft.json"]
+    cuda = run_all.stage_command("sft", Namespace(**base, steps=8, device="cuda"), json_path)
+    assert cuda.count("--steps") == 1 and cuda[cuda.index("--steps") + 1] == "8"
+    assert cuda[cuda.index("--device") + 1] == "cuda"
