@@ -137,3 +137,24 @@ def test_eval_and_report_commands(tmp_path, tiny_path, write_jsonl, capsys):
 
 def length_gold(prompts, responses, **columns):
     return [-len(r) for r in responses]
+
+
+def constant(prompts, responses, **columns):
+    return [0.0] * len(responses)
+
+
+def test_samples_stage_with_a_labeller_that_ties_everything_says_what_to_do(tmp_path, tiny_path, write_jsonl):
+    from alignkit.pipeline_samples import SamplesConfig, run_samples
+
+    prompts = write_jsonl([{"prompt": f"Tell me about topic {i}."} for i in range(4)], "prompts.jsonl")
+    config = config_from_dict(SamplesConfig, {"model": tiny_path, "prompts": prompts, "output_dir": str(tmp_path / "samples"),
+                                              "samples": 2, "max_new_tokens": 4, "keep_truncated": True, "mixed_precision": "no",
+                                              "reward_function": f"{__file__}:constant"})
+    with pytest.raises(AlignkitError, match=r"samples: the labeller scored every prompt's 2 answers alike \(4 prompts.*"
+                                            r"Check the labeller, or raise samples.samples or samples.temperature"):
+        run_samples(config)
+    assert (tmp_path / "samples" / "samples.jsonl").is_file() and not (tmp_path / "samples" / "summary.json").exists()
+    with pytest.raises(AlignkitError, match="stages: samples needs a labeller"):
+        _config(tmp_path, tiny_path, task="", data={"preference": prompts}, stages=["samples"])
+    with pytest.raises(AlignkitError, match="stages: rs fine-tunes on the samples stage's best answers; add samples"):
+        _config(tmp_path, tiny_path, stages=["sft", "rs"])

@@ -287,7 +287,7 @@ def format_table(results: dict, order: list[str] | None = None, ood: dict | None
         cells = [cell(name, models[name]) for _, _, cell in columns]
         lines.append(" ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w, _)) in enumerate(zip(cells, columns))))
     ood_note = f" and {ood['prompts']} OOD prompts (held-out phrasings)" if ood_models else ""
-    lines.append(f"({results['prompts']} test prompts{ood_note}; gold - {reference}: mean paired difference per prompt; win rates "
+    lines.append(f"({results['prompts']} evaluation prompts{ood_note}; gold - {reference}: mean paired difference per prompt; win rates "
                  f"count ties as half; 95% bootstrap intervals; KL(model || {reference}) in nats per sampled answer; length in tokens; "
                  f"syco: share of answers agreeing with a user's false claim)")
     return "\n".join(lines)
