@@ -7,7 +7,8 @@ one lever at a time, and is scored on `data/preference_test.jsonl` (ID) and `dat
 written from phrasings no training pair uses), plus the on-policy pairs of the validation prompts when the workdir has
 them. Accuracy is the share of pairs whose chosen answer the model scores higher; for an ensemble, by the members' mean
 and by the conservative score (mean - k * std, k = 1). The table goes to stdout and `<out>/levers.md`, the numbers to
-`<out>/levers.json`. Variants whose folder is finished are reused.
+`<out>/levers.json`. Variants whose folder is finished are reused, and the demo's own `<workdir>/reward` stands for
+the "+ on-policy pairs (the demo)" row.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         folder = out / name.replace(" ", "_").replace("+", "plus").replace(",", "").replace("(", "").replace(")", "")
+        if name.endswith("(the demo)") and (work / "reward" / "summary.json").is_file():
+            folder = work / "reward"  # the demo's own reward model: the same settings and data
         if not (folder / "summary.json").is_file():
             train_reward({**demo, "model": str(work / "sft"), "output_dir": str(folder), "eval_data": "", "eval_fraction": 0.0,
                           "chat_template": "always", "report_to": ["jsonl"], **change})
