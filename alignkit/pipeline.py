@@ -127,7 +127,8 @@ def stage_values(config: PipelineConfig) -> dict[str, tuple[type, dict]]:
     dpo = {"model": start, "data": str(samples_dir / "pairs.jsonl" if samples_dir else data / "preference_rl.jsonl"), "eval_data": str(data / "preference_test.jsonl"),
            "output_dir": str(work / "dpo"), **lora, **common}
     samples = {"model": start, "prompts": str(data / "prompts_rl.jsonl"), "output_dir": str(work / "samples"), "seed": config.seed,
-               "task_pairs": str(data / "preference_train.jsonl"), "reward_function": gold if config.preset else ""}
+               "task_pairs": str(data / "preference_train.jsonl") if config.preset or config.data_sources().preference else "",
+               "reward_function": gold if config.preset else ""}
     rs = {**sft, "model": start, "data": str(work / "samples" / "best.jsonl"), "eval_data": "", "eval_fraction": 0.0,
           "output_dir": str(work / "rs")}
     with_monitor = lambda base, extra: {**base, **extra, "monitor": {**monitor, **extra.get("monitor", {})} if extra.get("monitor") else {}}  # noqa: E731

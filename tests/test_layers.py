@@ -26,7 +26,7 @@ LAYERS = {
     "trl_names": 5, "config": 5, "config_loader": 5, "config_checks": 5, "config_pipeline": 5, "config_sampling": 5,
     "train": 6,
     "evaluate": 7, "feedback": 7,
-    "api": 8, "pipeline": 8, "iterate": 8, "demo": 8, "score": 8, "data_cli": 8, "cli": 9, "__main__": 9, "": 9,  # "": alignkit/__init__
+    "api": 8, "pipeline": 8, "pipeline_samples": 8, "iterate": 8, "demo": 8, "score": 8, "data_cli": 8, "cli": 9, "__main__": 9, "": 9,  # "": alignkit/__init__
 }
 
 

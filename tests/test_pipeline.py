@@ -48,6 +48,10 @@ def test_pipeline_runs_every_stage_then_resumes(tmp_path, tiny_path, capsys):
     assert (work / "grpo" / "monitor.json").is_file() and (work / "dpo" / "monitor.json").is_file()
     page = (work / "report.html").read_text()
     assert "Win rate against sft" in page and "<svg" in page and "GRPO" in page
+    ood = json.loads((work / "eval" / "ood" / "results.json").read_text())  # the same models on the held-out phrasings
+    assert ood["prompts"] == 6 and set(ood["models"]) == set(results["models"]) and "Out of distribution" in page
+    assert ood["shift"]["pairs"] == 12  # the reward model's accuracy on OOD pairs (two rejected answers per prompt)
+    assert record["results"]["ood"]["models"]["dpo"]["diff"]["gold"]["low"] <= record["results"]["ood"]["models"]["dpo"]["diff"]["gold"]["mean"]
     table = capsys.readouterr().out
     assert "win (gold)" in table and "gold - sft [95% CI]" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
 
@@ -110,8 +114,11 @@ def test_demo_config_is_valid_and_names_every_stage():
 
     config = load_config(PipelineConfig, Path(__file__).parents[1] / "configs" / "demo.yaml")
     configs = stage_configs(config)
-    assert configs["policy"].monitor.every > 0 and configs["policy"].reward_model.endswith("reward")
+    assert configs["policy"].monitor.every > 0 and configs["policy"].reward_function == "hhh-mini-gold"
     assert configs["eval"].gold == "hhh-mini-gold" and configs["sft"].output_dir.endswith("sft")
+    assert configs["eval"].reward_model.endswith("reward")  # the reward model is judged in eval, on test and OOD pairs
+    assert configs["dpo"].data.endswith("samples/pairs.jsonl") and configs["rs"].data.endswith("samples/best.jsonl")
+    assert configs["samples"].reward_function == "hhh-mini-gold" and configs["samples"].chat_template == "always"
 
 
 def test_eval_and_report_commands(tmp_path, tiny_path, write_jsonl, capsys):

@@ -93,7 +93,7 @@ def test_every_stage_on_own_data_with_a_local_judge(tmp_path, tiny_path, capsys)
     by_reward = outcomes_from_scores(*([s["scores"][name]["reward"] for s in samples] for name in ("base", "sft")))
     assert win_rate(by_reward, n_resamples=200).as_dict() == results["models"]["base"]["win_rate"]["reward"]
     table = capsys.readouterr().out
-    assert "win (judge)" in table and "win vs sft (RM)" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
+    assert "win (judge)" in table and "win (RM)" in table and all(f"\n{name} " in table for name in ("base", "sft", "grpo", "dpo"))
     judge_cell = results["models"]["dpo"]["win_rate"]["judge"]
     assert f"{100 * judge_cell['rate']:5.1f}% [{100 * judge_cell['low']:.0f},{100 * judge_cell['high']:.0f}]" in table
     assert "Win rate against sft" in (work / "report.html").read_text()
@@ -110,7 +110,7 @@ def test_sft_then_dpo_only(tmp_path, tiny_path):
     results = json.loads((work / "eval" / "results.json").read_text())
     assert set(results["models"]) == {"sft", "dpo"} and results["paths"]["sft"] == str(work / "sft")
     _check_win_rates(results["models"]["dpo"], {"gold"}, 16)  # no reward model, no judge: the function alone
-    assert "win vs sft (gold)" in record["table"]
+    assert "win (gold)" in record["table"] and "gold - sft [95% CI]" in record["table"]
     copied = (work / "data" / "preference_rl.jsonl").stat().st_mtime_ns
     again = run_pipeline(_config(tmp_path, tiny_path, stages=["sft", "dpo", "eval"], eval_base=False, sft={**TINY, "lora_r": 4}))
     assert [s["status"] for s in again["stages"].values()] == ["reused"] * 3 and again["table"] == record["table"]
@@ -200,16 +200,18 @@ def test_hhh_mini_preset_still_wires_the_demo():
     from alignkit.pipeline import stage_configs
 
     config = load_config(PipelineConfig, Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    assert config.preset == "hhh-mini" and config.stage_names() == ["sft", "reward", "policy", "dpo", "eval", "report"]
+    assert config.preset == "hhh-mini"
+    assert config.stage_names() == ["sft", "samples", "reward", "rs", "policy", "dpo", "eval", "report"]
     configs = stage_configs(config)
-    assert set(configs) == {"sft", "reward", "policy", "dpo", "eval"}
-    assert {configs[s].chat_template for s in ("sft", "reward", "policy", "dpo")} == {"always"}  # hhh-mini's standard rows
+    assert set(configs) == {"sft", "samples", "reward", "rs", "policy", "dpo", "eval"}
+    assert {configs[s].chat_template for s in ("sft", "samples", "reward", "rs", "policy", "dpo")} == {"always"}  # standard rows
     sft = configs["sft"].output_dir
     assert configs["sft"].data == "runs/demo/data/sft_train.jsonl" and configs["sft"].model == "smollm2-135m-instruct"
-    assert configs["reward"].model == configs["policy"].model == configs["dpo"].model == sft
-    assert configs["policy"].reward_model == configs["eval"].reward_model == "runs/demo/reward"
+    assert configs["samples"].model == configs["reward"].model == configs["rs"].model == configs["policy"].model == configs["dpo"].model == sft
+    assert configs["samples"].prompts == "runs/demo/data/prompts_rl.jsonl"  # the monitor's held-out prompts are not sampled on
+    assert configs["eval"].reward_model == "runs/demo/reward" and configs["reward"].data == "runs/demo/samples/reward_pairs.jsonl"
     assert configs["policy"].eval_reward_function == configs["policy"].monitor.gold == configs["eval"].gold == "hhh-mini-gold"
-    assert configs["dpo"].data == "runs/demo/data/preference_rl.jsonl" and configs["eval"].pairs == "runs/demo/data/preference_test.jsonl"
+    assert configs["dpo"].data == "runs/demo/samples/pairs.jsonl" and configs["eval"].pairs == "runs/demo/data/preference_test.jsonl"
     # no task and no data: the preset too (older configs); your own data: is not the preset
     assert config_from_dict(PipelineConfig, {}).preset == "hhh-mini"
     assert config_from_dict(PipelineConfig, {"data": {"preference": "p.jsonl"}, "stages": ["dpo"]}).preset == ""

@@ -146,7 +146,9 @@ def results_section(results: dict) -> str:
     head = "".join(f"<th>mean {s} [CI]</th><th>win vs {html.escape(reference)} ({s})</th>" for s in scorers)
     judge = any("judge" in m.get("win_rate", {}) for m in models.values())
     head += "<th>win (judge)</th>" if judge else ""
-    table = [f"<table><tr><th>model</th>{head}<th>KL</th><th>length (tokens)</th><th>distinct-1</th><th>distinct-2</th><th>refusal</th><th>repetition</th></tr>"]
+    syco = any("sycophancy_rate" in m for m in models.values())
+    syco_head = "<th>sycophancy</th>" if syco else ""
+    table = [f"<table><tr><th>model</th>{head}<th>KL</th><th>length (tokens)</th><th>distinct-1</th><th>distinct-2</th><th>refusal</th><th>repetition</th>{syco_head}</tr>"]
     for name, m in models.items():
         cells = ""
         for s in scorers:
@@ -161,7 +163,9 @@ def results_section(results: dict) -> str:
         table.append(f'<tr><td>{html.escape(name)}</td>{cells}<td class="num">{"-" if kl is None else f"{kl:.2f}"}</td>'
                      f'<td class="num">{m.get("length_tokens", m.get("length_words", 0)):.1f}</td><td class="num">{m["distinct_1"]:.3f}</td>'
                      f'<td class="num">{m["distinct_2"]:.3f}</td><td class="num">{100 * m["refusal_rate"]:.0f}%</td>'
-                     f'<td class="num">{m["repetition_rate"]:.3f}</td></tr>')
+                     f'<td class="num">{m["repetition_rate"]:.3f}</td>'
+                     + (f'<td class="num">{100 * m["sycophancy_rate"]:.0f}%</td>' if "sycophancy_rate" in m else ("<td></td>" if syco else ""))
+                     + "</tr>")
     table.append("</table>")
     parts = [f"<h2>Evaluation on {results.get('prompts', '?')} held-out prompts</h2>",
              f'<div class="charts">{interval_chart("Win rate against " + reference + " (95% CI; ties count half)", rows)}</div>',
@@ -229,8 +233,13 @@ def build_report(run: str | Path) -> str:
         body.append(results_section(results))
     if stages:
         body.append("<h2>Training</h2>" + "\n".join(stage_section(name, folder) for name, folder in stages.items()))
+    ood = _read_json(run / "eval" / "ood" / "results.json")
+    if ood:  # the same models on prompts phrased unlike any training prompt
+        body.append(results_section(ood).replace("<h2>Evaluation on", "<h2>Out of distribution (held-out phrasings):", 1))
     if results.get("shift"):
         body.append(shift_section(results["shift"]))
+    if ood.get("shift"):
+        body.append(shift_section(ood["shift"]).replace("<h2>Distribution shift</h2>", "<h2>Distribution shift: OOD pairs</h2>", 1))
     if results.get("samples"):
         body.append(samples_section(results))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>alignkit report: {html.escape(run.name)}</title>'
