@@ -23,7 +23,7 @@ STAGES = {
     "kto": ("alignkit.config:KTOConfig", "alignkit.api:kto", "direct alignment on unpaired good/bad completions (KTO)"),
     "ppo": ("alignkit.config:PPOConfig", "alignkit.api:ppo", "online RL: PPO with a value model; REINFORCE, RLOO, GRPO via --advantage"),
     "grpo": ("alignkit.config:GRPOConfig", "alignkit.api:grpo", "online RL: GRPO (G samples per prompt, group baseline, KL in the loss)"),
-    "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo pipeline (configs/demo.yaml) on the embedded model and hhh-mini: SFT, reward, GRPO, DPO, eval, report"),
+    "demo": ("alignkit.demo:DemoConfig", "alignkit.demo:run_demo", "the demo pipeline (configs/demo.yaml) on the embedded model and hhh-mini: SFT, labelled samples, reward, rs, GRPO, DPO, eval on test and OOD, report"),
     "rs": ("alignkit.config_sampling:RejectionSamplingConfig", "alignkit.api:rs", "rejection-sampling fine-tuning: N samples per prompt, the best by a labeller, SFT on them"),
     "iterate": ("alignkit.config_sampling:IterateConfig", "alignkit.iterate:run_iterate", "iterated RLHF rounds: sample, label (function, reward model or people), train (DPO/KTO/rs), evaluate; stop when validation stops improving"),
     "reward": ("alignkit.config:RewardConfig", "alignkit.api:reward", "Bradley-Terry reward model on preference pairs (--ensemble K for an ensemble)"),

@@ -1,8 +1,9 @@
 """`alignkit demo` (what `make demo` runs): the pipeline of `configs/demo.yaml` on the embedded model and hhh-mini.
 
-SFT -> reward model -> GRPO against it, and DPO on the same preferences -> eval (gold reward,
-reward model and win rates against SFT with bootstrap intervals, KL, length) -> report.html,
-ending with the table base vs SFT vs GRPO vs DPO. Finished stages in the workdir are reused. See
+SFT -> labelled samples of the SFT model -> reward model (task + on-policy pairs) -> rs (best-of-N SFT) -> GRPO ->
+DPO on the on-policy pairs -> eval on the test prompts and the held-out phrasings (gold, reward model, win rates and
+paired differences against SFT with bootstrap intervals, KL, length, refusal, sycophancy) -> report.html, ending with
+the table SFT vs rs vs GRPO vs DPO. Finished stages in the workdir are reused. See
 `alignkit.pipeline` for the stages and the config.
 """
 
