@@ -51,6 +51,15 @@ class ModelArgs:
     chat_template_path: str = option("", "A Jinja chat template file (or a folder holding chat_template.jinja) that replaces the "
                                      "tokenizer's own; it is saved with the trained model.")
 
+    def validate(self) -> None:
+        """The model settings every stage that loads a model checks (training, sampling, iterate); `auto` is resolved here."""
+        choose(self, "mixed_precision", MIXED_PRECISION)
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
+        choose(self, "dtype", ("float32", "bfloat16"))
+        choose(self, "chat_template", CHAT_TEMPLATE_MODES)
+        if self.chat_template_path:
+            read_chat_template(self.chat_template_path)  # a missing file or a Jinja syntax error fails here, before any model loads
+
 
 @dataclass
 class TrainArgs(ModelArgs):
@@ -91,15 +100,10 @@ class TrainArgs(ModelArgs):
     max_nan_steps: int = option(5, "Stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped).", ge=1)
 
     def validate(self) -> None:
+        super().validate()
         choose(self, "lr_scheduler", ("linear", "cosine", "constant"))
         choose(self, "truncation_side", ("left", "right"))
         choose(self, "truncation_mode", ("truncate", "drop"))
-        choose(self, "mixed_precision", MIXED_PRECISION)
-        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
-        choose(self, "dtype", ("float32", "bfloat16"))
-        choose(self, "chat_template", CHAT_TEMPLATE_MODES)
-        if self.chat_template_path:
-            read_chat_template(self.chat_template_path)  # a missing file or a Jinja syntax error fails here, before any model loads
         check_output_dir(self.output_dir)
         check_trackers(self.report_to)  # an unknown or uninstalled tracker fails here, before any model loads
         check_hub_options(self)

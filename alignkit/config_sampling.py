@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.config import ModelArgs, SFTConfig
-from alignkit.config_loader import option
+from alignkit.config_loader import choose, option
 from alignkit.errors import AlignkitError
 
 
@@ -72,7 +72,7 @@ class IterateConfig(SamplingArgs, ModelArgs):
     round starting from the last one's policy, stopping when held-out scores stop improving."""
 
     output_dir: str = option("runs/iterate", "Where round_0 (the start's evaluation), round_1, ... and rounds.json go.")
-    seed: int = option(0, "Seed of sampling and training (round r adds r).", ge=0, lt=2**31, why="each round adds its number to it")
+    seed: int = option(0, "Seed: each round samples with it (from a new policy) and trains with seed + the round's number.", ge=0, lt=2**31, why="each round adds its number to it")
     rounds: int = option(3, "Rounds at most.", ge=1)
     method: str = option("dpo", "What each round trains on its labelled samples: dpo (best vs worst pairs; loss: ipo etc. through "
                                 "train:), kto (the pairs as desirable / undesirable rows) or rs (SFT on each prompt's best answer).")
@@ -97,12 +97,8 @@ class IterateConfig(SamplingArgs, ModelArgs):
     bootstrap: int = option(2000, "Bootstrap resamples.", ge=1)
 
     def validate(self) -> None:
-        from alignkit.config_loader import choose
-        from alignkit.models.precision import MIXED_PRECISION, resolve_mixed_precision
-
+        super().validate()
         choose(self, "method", ITERATE_METHODS)
-        choose(self, "mixed_precision", MIXED_PRECISION)
-        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
         if not self.prompts:
             raise AlignkitError("iterate needs prompts to sample on: set prompts (a file with a `prompt` column)")
         if not self.eval_prompts:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from alignkit.config import DPOConfig, KTOConfig, RewardConfig, SFTConfig, config_with_overrides, save_config
 from alignkit.config_sampling import IterateConfig
-from alignkit.data.formats import PROMPT_KINDS, load_dataset
+from alignkit.data.formats import PROMPT_KINDS, load_dataset, prompt_columns
 from alignkit.data.load import load_rows
 from alignkit.errors import AlignkitError
 from alignkit.evaluate.plots import line_chart
@@ -198,8 +198,8 @@ class Evaluator:
             torch.manual_seed(config.seed)
             answers = generate_answers(model, tokenizer, prompts, config.eval_max_new_tokens, config.eval_batch_size,
                                        bf16=config.mixed_precision == "bf16")
-            columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r} - {"prompt"})}
-            out[name] = [round(float(x), 6) for x in self.rewards.raw_scores(prompts, answers, columns)[0].tolist()]
+            scores = self.rewards.raw_scores(prompts, answers, prompt_columns(rows))[0]
+            out[name] = [round(float(x), 6) for x in scores.tolist()]
         return out
 
 
@@ -248,7 +248,7 @@ def run_iterate(config: IterateConfig) -> dict:
         if stale >= config.patience:
             stop = f"validation score did not improve by {config.min_improvement} for {stale} round(s)"
             break
-    summary = {"rounds": [{k: v for k, v in h.items()} for h in history], "best_round": best, "best_policy": history[best]["policy"],
+    summary = {"rounds": history, "best_round": best, "best_policy": history[best]["policy"],
                "stopped": stop or f"ran all {config.rounds} rounds"}
     write_json(out / "rounds.json", summary)
     write_round_report(out, history, best)

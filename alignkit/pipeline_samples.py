@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.config import ModelArgs
-from alignkit.config_loader import choose, option
+from alignkit.config_loader import option
 from alignkit.config_sampling import SamplingArgs
 from alignkit.data.load import load_rows
 from alignkit.errors import AlignkitError
 from alignkit.io import write_json, write_jsonl
-from alignkit.models.precision import MIXED_PRECISION, resolve_mixed_precision
 from alignkit.rl.samples import best_of_n, pairs_from_records
 from alignkit.train.rejection import load_prompts, sample_records
 
@@ -42,8 +41,7 @@ class SamplesConfig(SamplingArgs, ModelArgs):
     min_score: float = option(0.0, "Keep a prompt's best answer for rejection sampling only when it scores at least this.")
 
     def validate(self) -> None:
-        choose(self, "mixed_precision", MIXED_PRECISION)
-        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
+        super().validate()
         if not self.prompts:
             raise AlignkitError("samples: prompts is empty; the pipeline sets it to data/prompts_rl.jsonl")
         self.check_labeller("the samples stage")

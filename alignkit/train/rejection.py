@@ -13,6 +13,7 @@ checkpoint without sampling again; delete best.jsonl to sample anew.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -59,8 +60,6 @@ def best_of_n_data(config: RejectionSamplingConfig) -> tuple[Path, dict]:
     out = Path(config.output_dir)
     best_file, report_file = out / "best.jsonl", out / "best_of_n.json"
     if best_file.is_file() and report_file.is_file():
-        import json
-
         log.info(f"rs: reusing the samples in {out} (delete best.jsonl to sample anew)")
         return best_file, json.loads(report_file.read_text())
     records = sample_records(config, load_prompts(config, "rs"), config.model, "rs")
