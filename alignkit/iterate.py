@@ -135,7 +135,7 @@ def training_rows(config: IterateConfig, number: int, policy: str, folder: Path)
 # ---------------------------------------------------------------- training
 
 def common_values(config: IterateConfig, number: int, cls) -> dict:
-    names = {f for f in cls.__dataclass_fields__}
+    names = set(cls.__dataclass_fields__)
     shared = {k: getattr(config, k) for k in ("trust_remote_code", "allow_unsafe_pickle", "chat_template", "chat_template_path",
                                              "mixed_precision", "dtype", "lora_r", "lora_alpha", "lora_dropout", "target_modules")}
     return {**{k: v for k, v in shared.items() if k in names}, "seed": config.seed + number, "report_to": ["jsonl"], "resume": "auto"}
