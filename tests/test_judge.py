@@ -129,6 +129,7 @@ def test_local_judge_reads_letter_logprobs_like_a_hand_computation(tiny_path):
 class _Stub(BaseHTTPRequestHandler):
     mode = "logprobs"  # logprobs | text (400 on logprobs) | flaky (two 503s, then logprobs)
     calls = 0
+    models: list = []  # the "model" of every request body, in order
 
     def log_message(self, *args):
         pass
@@ -144,6 +145,7 @@ class _Stub(BaseHTTPRequestHandler):
     def do_POST(self):
         type(self).calls += 1
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).models.append(body.get("model"))
         assert self.path == "/v1/chat/completions" and self.headers["Authorization"] == "Bearer sk-test"
         if self.mode == "flaky" and type(self).calls <= 2:
             return self._send(503, {"error": "warming up"})
@@ -167,7 +169,7 @@ def stub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _Stub.calls, _Stub.mode = 0, "logprobs"
+    _Stub.calls, _Stub.mode, _Stub.models = 0, "logprobs", []
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -240,3 +242,16 @@ def test_judge_cli_errors_speak_to_the_user(write_jsonl, tmp_path, capsys):
     assert "prompt+chosen+rejected or prompt+response_a+response_b" in capsys.readouterr().err
     assert main(["judge", data, "--out", "o.jsonl", "--constitution", str(tmp_path / "none.md")]) == 2
     assert "constitution file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["compare", "revise"])
+def test_judge_cli_sends_the_endpoint_model_name(stub, write_jsonl, tmp_path, monkeypatch, mode):
+    """`--endpoint-model NAME` is the "model" of every chat-completions request (vLLM answers 404 to "default")."""
+    monkeypatch.setenv("STUB_KEY", "sk-test")
+    rows = [{"prompt": p, "chosen": x, "rejected": y} for p, x, y in ITEMS[:2]]
+    if mode == "revise":
+        rows = [{"prompt": p, "completion": x} for p, x, _ in ITEMS[:2]]
+    argv = ["judge", write_jsonl(rows), "--out", str(tmp_path / "out.jsonl"), "--mode", mode, "--endpoint", stub + "/v1",
+            "--endpoint-model", "Qwen/Qwen2.5-7B-Instruct", "--api-key-env", "STUB_KEY", "--retries", "0"]
+    assert main(argv) == 0
+    assert _Stub.models and set(_Stub.models) == {"Qwen/Qwen2.5-7B-Instruct"}
