@@ -36,6 +36,8 @@ COMMANDS = {
     "annotate": ("alignkit.feedback.annotate.cli", "human pairwise annotation: web app, annotators, export to preference JSONL"),
     "eval": ("alignkit.evaluate.eval_cli", "policy vs reference on held-out prompts: win rates (reward model, gold, judge) with CIs, KL, length, diversity"),
     "report": ("alignkit.evaluate.report", "rebuild RUN_DIR/report.html: plots of reward, KL, length, monitors, win rates, sample answers"),
+    "vllm-serve": ("alignkit.rl.vllm_server", "serve a vLLM engine over HTTP for PPO/GRPO rollouts (vllm_mode: server; run from .venv-vllm)"),
+    "serve-reward": ("alignkit.rl.serve_reward", "serve a reward model or ensemble over HTTP for --reward_url (POST /score, GET /health)"),
     "pipeline": ("alignkit.pipeline", "SFT -> reward model -> PPO/GRPO and DPO -> eval -> report from one YAML, reusing finished stages"),
 }
 

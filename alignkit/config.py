@@ -28,6 +28,7 @@ from alignkit.losses.preference import PREFERENCE_LOSSES
 from alignkit.rl.reward_specs import check_reward_specs
 from alignkit.rl.advantages import ESTIMATORS, NEEDS_GROUPS
 from alignkit.rl.kl_control import KL_CONTROLLERS
+from alignkit.rl.mismatch import IS_MODES
 
 
 @dataclass
@@ -260,8 +261,19 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     temperature: float = option(1.0, "Sampling temperature; log-probs are computed at the same temperature.", gt=0)
     top_p: float = option(1.0, "Nucleus sampling threshold (1.0 samples from the whole distribution).", gt=0, le=1)
     generation_batch_size: int = option(0, "Sequences per generate call (0: the whole rollout at once).", ge=0, range_text="0 (the whole rollout) or a positive count")
-    generation_backend: str = option("hf", "hf (transformers generate with KV cache) or vllm (GPU only, pip install alignkit[vllm]).")
+    generation_backend: str = option("hf", "hf (transformers generate with KV cache) or vllm (CPU or GPU; `make vllm-setup`, see vllm_mode).")
+    vllm_mode: str = option("colocate", "vllm: colocate (vLLM in the training process; run from .venv-vllm) or server "
+                                        "(`alignkit vllm-serve` at vllm_server_url, on this machine or a shared disk).")
+    vllm_server_url: str = option("http://127.0.0.1:8000", "vllm_mode server: the address of `alignkit vllm-serve`.")
+    vllm_server_timeout: float = option(300.0, "vllm_mode server: seconds a generate or weight reload call may take.", gt=0)
     vllm_gpu_memory_utilization: float = option(0.3, "Share of GPU memory vLLM may take (generation_backend: vllm).", gt=0, le=1)
+    vllm_sync_tolerance: float = option(0.05, "After each weight sync, the largest mean |log p_vllm - log p_trainer| over a probe "
+                                              "sequence; beyond it the run stops (the sync failed or the engines disagree).", gt=0)
+    vllm_importance_sampling_correction: bool = option(True, "vllm: weight each token's loss by the truncated ratio "
+                                                             "pi_old / pi_vllm (rl/mismatch.py), as verl's TIS and TRL do.")
+    vllm_importance_sampling_mode: str = option("token_truncate", "token_truncate, token_mask, sequence_truncate or sequence_mask.")
+    vllm_importance_sampling_clip_min: float = option(0.0, "Lower bound of the importance ratio (truncate: clamp; mask: zero below).", ge=0)
+    vllm_importance_sampling_clip_max: float = option(3.0, "Upper bound of the importance ratio (truncate: clamp; mask: zero above).", gt=0)
     missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.", ge=0)
     mask_truncated_completions: bool = option(False, "Leave responses without EOS out of the loss entirely (counted in response/masked).")
     overlong_buffer: int = option(0, "DAPO's overlong reward shaping: a response longer than max_new_tokens - overlong_buffer loses "
@@ -321,6 +333,11 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
         choose(self, "kl_control", KL_CONTROLLERS)
         choose(self, "reference", ("auto", "copy", "adapter"))
         choose(self, "generation_backend", ("hf", "vllm"))
+        choose(self, "vllm_mode", ("colocate", "server"))
+        choose(self, "vllm_importance_sampling_mode", IS_MODES)
+        if self.vllm_importance_sampling_clip_min >= self.vllm_importance_sampling_clip_max:
+            raise AlignkitError(f"vllm_importance_sampling_clip_min ({self.vllm_importance_sampling_clip_min}) must be below "
+                                f"vllm_importance_sampling_clip_max ({self.vllm_importance_sampling_clip_max})")
         choose(self, "reward_on_invalid", ("skip", "error"))
         check_reward_specs(self.rewards)
         if 0 < self.clip_range_high < self.clip_range:

@@ -221,13 +221,6 @@ def test_http_endpoint_round_trip_and_http_errors():
         server.shutdown()
 
 
-def test_vllm_backend_refuses_clearly_without_gpu_or_package():
-    from alignkit.rl.vllm_backend import VLLMGenerator
-
-    with pytest.raises(AlignkitError, match="generation_backend: vllm"):
-        VLLMGenerator("tiny-llama", None, 128)
-
-
 # ---------------------------------------------------------------- experience details
 
 def test_missing_eos_penalty_and_masking(tiny_path, tokenizer):

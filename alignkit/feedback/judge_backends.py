@@ -116,7 +116,7 @@ class HTTPJudge:
         """The first choice of the endpoint's answer (a dict), or an error naming the endpoint."""
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         if logprobs:
-            body.update(logprobs=True, top_logprobs=10)
+            body.update(logprobs=True, top_logprobs=20)  # the most OpenAI and vLLM (--max-logprobs) return
         reply = post_json(self.url, body, deadline=self.timeout, retries=self.retries, backoff=self.backoff,
                           headers=self.headers, name="judge endpoint")
         choices = reply.get("choices") if isinstance(reply, dict) else None

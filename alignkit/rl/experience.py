@@ -22,6 +22,7 @@ from alignkit.losses.kl import kl_per_token
 from alignkit.rl.advantages import AdvantageInputs, compute_advantages
 from alignkit.data.formats import prompt_columns
 from alignkit.rl.dynamic_sampling import sample_informative_groups
+from alignkit.rl.mismatch import importance_weights, mismatch_metrics
 from alignkit.rl.rollout import Rollout, generate
 from alignkit.rl.shaping import overlong_penalty
 from alignkit.rl.scoring import old_logps_and_values, reference_mode, rollout_logprobs
@@ -89,7 +90,8 @@ def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows:
 
     # log-probs under pi_old and pi_ref, values under V_old: all through the training code path
     use_values = config.advantage == "gae"
-    if needs_rollout_logps(config) or use_values:
+    sampler = rollout.extras.get("sampler_logps")  # vLLM's own log-probs: the mismatch needs pi_old beside them
+    if needs_rollout_logps(config) or use_values or sampler is not None:
         logps, values = old_logps_and_values(policy, value_model if use_values else None, rollout, config.batch_size, config.temperature, autocast)
         rollout.extras["logps"] = logps
         if use_values:
@@ -107,12 +109,26 @@ def make_experience(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows:
                              values=rollout.extras.get("values"), group_size=config.group_size, gamma=config.gamma,
                              lam=config.lam, scale_rewards=config.scale_rewards)
     advantages, returns = compute_advantages(config.advantage, inputs, config.whiten_advantages)
+    if sampler is not None:
+        advantages = correct_for_sampler(advantages, rollout, sampler, mask, config, metrics)
     rollout.extras["advantages"], rollout.extras["returns"] = advantages, returns
     rollout.response_mask = rollout.response_mask * valid[:, None].long()
     if use_values:
         metrics["value/explained_var"] = explained_variance(rollout.extras["values"], returns, rollout.response_mask)
     metrics["kl/coef"] = kl_coef
     return rollout, metrics
+
+
+def correct_for_sampler(advantages: torch.Tensor, rollout: Rollout, sampler: torch.Tensor, mask: torch.Tensor, config,
+                        metrics: dict) -> torch.Tensor:
+    """Logs the sampler/trainer mismatch and, with `vllm_importance_sampling_correction`, weights each token's
+    advantage (hence its loss) by the truncated importance ratio pi_old / pi_sampler (rl/mismatch.py)."""
+    bounds = dict(clip_min=config.vllm_importance_sampling_clip_min, clip_max=config.vllm_importance_sampling_clip_max)
+    metrics.update(mismatch_metrics(rollout.extras["logps"], sampler, mask, **bounds))
+    if not config.vllm_importance_sampling_correction:
+        return advantages
+    weights = importance_weights(rollout.extras["logps"], sampler, mask, config.vllm_importance_sampling_mode, **bounds)
+    return advantages * weights
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -79,13 +79,11 @@ def load_reference(config, accelerator):
     return load_reference_model(config, accelerator) if resolve_strategy(config) == "copy" else None
 
 
-def make_generator(config, tokenizer):
-    """None (the built-in sampler on the policy, `rl.rollout.generate`) or a vLLM generator."""
+def make_generator(config, tokenizer, autocast=None):
+    """None (the built-in sampler on the policy, `rl.rollout.generate`) or a vLLM generator (rl/vllm_backend.py)."""
     if config.generation_backend != "vllm":
         return None
-
-    return VLLMGenerator(resolve_model_path(config.model), tokenizer, config.max_prompt_length + config.max_new_tokens,
-                         config.vllm_gpu_memory_utilization, seed=config.seed)
+    return VLLMGenerator(config, tokenizer, resolve_model_path(config.model), autocast)
 
 
 def build_online_training(run: Run, policy, value_model, num_prompts: int):
@@ -156,7 +154,7 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
     eval_rows = load_prompts(config.eval_data, "test", config, tokenizer, f"{stage.upper()} evaluation", config.eval_rows)[0] if config.eval_data else []
     record_config(run)
     steps, policy, value_model, optimizer, scheduler = build_online_training(run, policy, value_model, len(rows))
-    generator = make_generator(config, tokenizer)
+    generator = make_generator(config, tokenizer, run.accelerator.autocast)
     kl_controller = KL_CONTROLLERS[config.kl_control](config.kl_coef, config.kl_target, config.kl_horizon)
     stream = BatchStream(len(rows), config.prompts_per_step, config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)  # minibatch order
@@ -177,7 +175,7 @@ def train_online(config: PPOConfig, stage: str = "ppo", monitor=None) -> dict:
             rewards, kl_coef, reference, value_model, run.accelerator.autocast, generator, draw_prompts)
         metrics = {**policy_update(run, policy, value_model, optimizer, scheduler, rollout, config, kl_coef, shuffle, step), **experience}
         if generator is not None:
-            generator.sync_weights(policy)
+            metrics.update(generator.sync_weights(policy))
         kl_coef = kl_controller.update(metrics.get("kl/ref", 0.0), rollout.num_responses)
         metrics.update({"epoch": stream.fractional_epoch, "time/step_s": time.perf_counter() - step_started,
                         "time/generation_s": rollout.generation_seconds, "nan_skipped": run.nan_guard.skipped})

@@ -113,6 +113,7 @@ ALIASES = (
     Alias("loss_type", "loss_aggregation", ", ".join(f"`{k}` -> `{v}`" for k, v in GRPO_LOSSES.items()) + "; others refused", _grpo_loss, RL),
     Alias("scale_rewards", "scale_rewards", "`group`/`true` -> `true`, `none`/`false` -> `false`; `batch` refused", _scale_rewards, RL),
     Alias("use_vllm", "generation_backend", "`true` -> `vllm`", _use_vllm, RL),
+    Alias("vllm_server_base_url", "vllm_server_url", stages=RL),
     Alias("importance_sampling_level", "policy_loss", "`sequence` -> `gspo` (GSPO's sequence-level ratio); `token` -> alignkit's default",
           _sampling_level, RL),
 )
