@@ -272,8 +272,10 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
     vllm_importance_sampling_correction: bool = option(True, "vllm: weight each token's loss by the truncated ratio "
                                                              "pi_old / pi_vllm (rl/mismatch.py), as verl's TIS and TRL do.")
     vllm_importance_sampling_mode: str = option("token_truncate", "token_truncate, token_mask, sequence_truncate or sequence_mask.")
-    vllm_importance_sampling_clip_min: float = option(0.0, "Lower bound of the importance ratio (truncate: clamp; mask: zero below).", ge=0)
-    vllm_importance_sampling_clip_max: float = option(3.0, "Upper bound of the importance ratio (truncate: clamp; mask: zero above).", gt=0)
+    vllm_importance_sampling_clip_min: float = option(0.0, "Lower bound of the importance ratio (truncate: clamp; mask: zero below).", ge=0, lt=1,
+                                                      why="a ratio of 1 (no mismatch) must stay inside the bounds")
+    vllm_importance_sampling_clip_max: float = option(3.0, "Upper bound of the importance ratio (truncate: clamp; mask: zero above).", ge=1,
+                                                      why="a ratio of 1 (no mismatch) must stay inside the bounds")
     missing_eos_penalty: float = option(0.0, "Subtracted from the reward of a response that hit max_new_tokens without EOS.", ge=0)
     mask_truncated_completions: bool = option(False, "Leave responses without EOS out of the loss entirely (counted in response/masked).")
     overlong_buffer: int = option(0, "DAPO's overlong reward shaping: a response longer than max_new_tokens - overlong_buffer loses "
@@ -335,9 +337,6 @@ class PPOConfig(MonitorArgs, LoRASaveArgs, DataArgs, TrainArgs):
         choose(self, "generation_backend", ("hf", "vllm"))
         choose(self, "vllm_mode", ("colocate", "server"))
         choose(self, "vllm_importance_sampling_mode", IS_MODES)
-        if self.vllm_importance_sampling_clip_min >= self.vllm_importance_sampling_clip_max:
-            raise AlignkitError(f"vllm_importance_sampling_clip_min ({self.vllm_importance_sampling_clip_min}) must be below "
-                                f"vllm_importance_sampling_clip_max ({self.vllm_importance_sampling_clip_max})")
         choose(self, "reward_on_invalid", ("skip", "error"))
         check_reward_specs(self.rewards)
         if 0 < self.clip_range_high < self.clip_range:

@@ -74,12 +74,13 @@ def test_a_missing_sampler_logprob_counts_as_no_mismatch():
 
 
 def test_config_checks_the_vllm_options():
-    from alignkit.config import GRPOConfig
+    from alignkit.config import GRPOConfig, load_config
 
-    with pytest.raises(AlignkitError, match="vllm_mode"):
-        GRPOConfig(vllm_mode="remote").validate()
-    with pytest.raises(AlignkitError, match="vllm_importance_sampling_clip_min"):
-        GRPOConfig(vllm_importance_sampling_clip_min=2.0, vllm_importance_sampling_clip_max=1.0).validate()
+    base = {"reward_function": "hhh-mini-gold"}
+    for key, value in (("vllm_mode", "remote"), ("vllm_importance_sampling_mode", "per_token"),
+                       ("vllm_importance_sampling_clip_min", 2.0), ("vllm_importance_sampling_clip_max", 0.5)):
+        with pytest.raises(AlignkitError, match=key):
+            load_config(GRPOConfig, overrides={**base, key: value})
 
 
 # ---------------------------------------------------------------- a stand-in engine on the HF model
