@@ -35,9 +35,14 @@ def supports_shared_prompt(model) -> bool:
     """Whether `model`'s attention takes the custom 4D mask the shared-prompt layout needs.
 
     Not under FSDP: there the LM head must run inside the wrapped forward, which only
-    `token_logprobs` (the separate-rows path) arranges.
+    `token_logprobs` (the separate-rows path) arranges. Recipes ask before `accelerator.prepare`
+    wraps the model, so the run's accelerator state is asked too.
     """
-    return getattr(unwrap(model).config, "_attn_implementation", "eager") in SHARED_PROMPT_ATTENTION and not is_sharded(model)
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    fsdp_run = AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP
+    return getattr(unwrap(model).config, "_attn_implementation", "eager") in SHARED_PROMPT_ATTENTION and not (is_sharded(model) or fsdp_run)
 
 
 def collate_sequences(examples: list[dict], columns: tuple[int, ...], pad_id: int, share_prompt: bool = False) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.io import atomic_directory
+from alignkit.models.wrapping import is_sharded
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -73,6 +74,26 @@ def _set_rng_state(tensors: dict, plain: dict, generators: dict[str, torch.Gener
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def full_states(model, optimizer=None) -> tuple[dict, dict] | None:
+    """Under FSDP, the whole model's and optimizer's state dicts on the main process ({} elsewhere); None otherwise.
+
+    FSDP keeps each parameter (and its optimizer state) in shards, one per process, so every process must call
+    this: the shards are gathered into plain tensors keyed by parameter name, which one process can save and load.
+    """
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    first = {}  # tied parameters (input and output embeddings) stay one tensor, so save_pretrained writes it once
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name and name in model_state and first[id(param)] in model_state:
+            model_state[name] = model_state[first[id(param)]]
+    optimizer_state = get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options) if optimizer else {}
+    return model_state, optimizer_state
+
+
 def _trainable_state(module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in module.named_parameters() if p.requires_grad}
 
@@ -91,12 +112,14 @@ def save_checkpoint(output_dir: str | Path, step: int, accelerator, model, optim
 
     target = Path(output_dir) / f"checkpoint-{step}"
     accelerator.wait_for_everyone()
+    sharded = full_states(model, optimizer)  # FSDP: every process hands in its shards
     if accelerator.is_main_process:
         with atomic_directory(target) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True,
+                                                            **({"state_dict": sharded[0]} if sharded else {}))
             for name, module in (modules or {}).items():
                 save_file(_trainable_state(accelerator.unwrap_model(module)), tmp / f"{name}.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(sharded[1] if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
             tensors, plain = _rng_state(generators or {})
             torch.save(tensors, tmp / "rng.pt")
             state = {"step": step, "scheduler": scheduler.state_dict(), "stream": stream.state_dict(),
@@ -119,7 +142,12 @@ def _load_model_weights(model, folder: Path) -> None:
         return
     files = sorted(folder.glob("*.safetensors"))
     state = {k: v for f in files for k, v in load_file(f).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if is_sharded(model):  # FSDP: each process keeps its own shard of the whole tensors
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        missing, unexpected = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k}  # tied to the embeddings, not saved separately
     if set(missing) - tied or unexpected:
         raise AlignkitError(f"checkpoint {folder} does not match this model ({len(missing)} missing, {len(unexpected)} unexpected tensors); resume with the config that wrote it")
@@ -146,7 +174,14 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     _load_model_weights(accelerator.unwrap_model(model), path / "model")
     for name, module in (modules or {}).items():
         _load_trainable_state(accelerator.unwrap_model(module), path / f"{name}.safetensors")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if is_sharded(model):  # the whole state, keyed by parameter name (full_states): each process takes its shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optimizer_state,
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     stream.load_state_dict(state["stream"])
     _set_rng_state(torch.load(path / "rng.pt", weights_only=True), state["rng"], generators or {})

@@ -44,8 +44,30 @@ def make_accelerator(args, output_dir: str | Path | None = None, resume_step: in
                 if name == "tensorboard" else name for name in dict.fromkeys(args.report_to) if name != "jsonl"]
     # cpu=True when there is no GPU: accelerate then forms a gloo process group under torchrun (MULTI_CPU)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(), log_with=log_with or None)
+    _fsdp_on_cpu(accelerator)
     set_seed(args.seed)
     return accelerator
+
+
+def _fsdp_on_cpu(accelerator) -> None:
+    """Keeps the FSDP that `accelerate launch` asked for on CPU processes (gloo), which accelerate 1.15 drops.
+
+    AcceleratorState only turns a launch with `distributed_type: FSDP` into FSDP on GPU-like devices; with
+    `use_cpu: true` it silently runs DDP (MULTI_CPU). FSDP2 itself works over gloo, so we set the state as accelerate
+    does on a GPU: the plugin built from the launcher's FSDP_* variables, and the FSDP distributed type.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or accelerator.device.type != "cpu"
+            or accelerator.num_processes < 2 or getattr(state, "fsdp_plugin", None) is not None):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def build_optimizer(model, args, learning_rates: dict[str, float] | None = None) -> torch.optim.Optimizer:
@@ -106,8 +128,8 @@ class BatchStream:
 
     def _shuffle(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.lengths is not None:
-            return length_grouped_order(self.lengths, self.batch_size, generator)
+        if self.lengths is not None:  # grouped by the micro-batch of all processes: N x b rows order as 1 x Nb rows do
+            return length_grouped_order(self.lengths, self.batch_size * self.world_size, generator)
         return torch.randperm(self.num_rows, generator=generator).tolist()
 
     def _take(self, count: int) -> list[int]:
@@ -279,12 +301,17 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path, merge_lora
     With LoRA and `merge_lora`, `model/` holds the adapter merged into the base, so
     `AutoModelForCausalLM.from_pretrained(output_dir + "/model")` needs no peft.
     """
+    from alignkit.train.checkpoint import full_states
+
     output_dir = Path(output_dir)
     accelerator.wait_for_everyone()
+    sharded = full_states(model)  # FSDP: every process hands in its shards
     if not accelerator.is_main_process:
         return output_dir / "model"
     model = accelerator.unwrap_model(model)
     is_peft = hasattr(model, "peft_config")
+    if is_peft and sharded:
+        raise AlignkitError("saving a LoRA model trained under FSDP is not supported; train LoRA with DDP (--num-processes N)")
     if is_peft:
         with atomic_directory(output_dir / "adapter") as tmp:
             model.save_pretrained(tmp)
@@ -295,7 +322,7 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path, merge_lora
 
         model = copy.deepcopy(model).merge_and_unload()
     with atomic_directory(output_dir / "model") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": sharded[0]} if sharded else {}))
         tokenizer.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
             Path(tmp, name).write_text(content)

@@ -21,6 +21,7 @@ from alignkit.errors import AlignkitError
 from alignkit.losses.sft import sft_loss
 from alignkit.models.load import count_parameters, load_policy
 from alignkit.models.logprobs import token_logprobs
+from alignkit.models.wrapping import is_sharded
 from alignkit.train.loop import BatchStream, global_sum, log, save_model
 from alignkit.train.run import (
     build_training, checkpoint, due, finish_run, first_and_last_loss, log_step, optimizer_step, record_config, resume, Run,
@@ -57,12 +58,19 @@ def evaluate_sft(model, examples, pad_id, batch_size, accelerator) -> dict:
     """Held-out token NLL and perplexity."""
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    for start in range(accelerator.process_index * batch_size, len(examples), batch_size * accelerator.num_processes):
-        batch = {k: v.to(accelerator.device) for k, v in collate_lm(examples[start:start + batch_size], pad_id).items()}
+    stride = batch_size * accelerator.num_processes
+    for first in range(0, len(examples), stride):
+        start = first + accelerator.process_index * batch_size
+        own = start < len(examples)
+        if not own and not is_sharded(model):
+            break
+        # FSDP gathers the parameters in every forward, so all processes run each one: one without rows left scores row 0 and drops it
+        batch = {k: v.to(accelerator.device) for k, v in collate_lm(examples[start:start + batch_size] if own else examples[:1], pad_id).items()}
         with accelerator.autocast():
             logps, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        total += -(logps * batch["loss_mask"]).sum()
-        count += batch["loss_mask"].sum()
+        if own:
+            total += -(logps * batch["loss_mask"]).sum()
+            count += batch["loss_mask"].sum()
     total, count = global_sum(accelerator, total), global_sum(accelerator, count)
     model.train()
     loss = (total / count.clamp(min=1)).item()
