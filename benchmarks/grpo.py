@@ -1,8 +1,9 @@
-"""GRPO step time against TRL 1.16 `GRPOTrainer` and a bare PyTorch loop, and rollout generation against a bare `model.generate`, in one run.
+"""GRPO step time against TRL 1.16 `GRPOTrainer` and a bare PyTorch loop, and rollout generation against a bare `model.generate`.
 
-    .venv/bin/python benchmarks/grpo.py                                  # embedded SmolLM2-135M, 8 prompts x G=4, 32 new tokens, bf16, LoRA r=16
+    .venv/bin/python benchmarks/grpo.py                                  # embedded SmolLM2-135M, 8 prompts x G=4, 32 new tokens, LoRA r=16
     .venv/bin/python benchmarks/grpo.py --model tiny-llama --steps 2     # a quick smoke run
-    .venv/bin/python benchmarks/grpo.py --gen-rounds 0 --rounds 3 --json runs/bench/grpo.json   # steps only, as run_all.py runs it
+    .venv/bin/python benchmarks/grpo.py --group 8 --max-new-tokens 128 --gen-rounds 0 --rollout hf,vllm --rounds 3 \
+        --json runs/bench/grpo.json                                      # as run_all.py runs it: 8 x 8, 128 new tokens
 
 1. Generation: the same P prompts x G sampled by `alignkit.rl.rollout.generate` (its own
    sampler: one prefill per prompt, finished rows dropped, inverse-CDF draws) and by a
@@ -10,25 +11,35 @@
    and seed, in alternating rounds. The two samplers draw from the same distribution but
    consume the random stream differently, so the tokens differ; tokens/s counts the
    generated tokens up to and including EOS.
-2. GRPO step: each side in its own process, same model (float32 weights, bf16
-   autocast, LoRA on every linear layer of the blocks, dropout off), same hhh-mini
-   prompts through the chat template, group size, max new tokens, beta 0.04 (k3 in
-   the loss), token-mean ("dapo") loss, group-std scaled advantages, one optimizer step
-   per rollout, AdamW at a constant learning rate, gradient clipping 1.0, the hhh-mini
-   gold judge as reward. A step is everything: sampling, reward, reference and
-   policy forward, backward, optimizer. Mean over the steps after `--warmup` per
-   run, median over `--rounds` runs (as in `harness.py`). Sides:
+2. GRPO step: each side in its own process, same model (float32 weights, under bf16
+   autocast where bf16 is native: `--precision`, see `harness.py`; LoRA on every linear
+   layer of the blocks, dropout off), same hhh-mini prompts through the chat template,
+   group size, max new tokens, beta 0.04 (k3 in the loss), token-mean ("dapo") loss,
+   group-std scaled advantages, one optimizer step per rollout, AdamW at a constant
+   learning rate, gradient clipping 1.0, the hhh-mini gold judge as reward. A step is
+   everything: sampling, reward, reference and policy forward, backward, optimizer.
+   Mean over the steps after `--warmup` per run, median over `--rounds` runs (as in
+   `harness.py`). Sides, by rollout backend (`--rollout`, `ROLLOUT`):
 
-   - alignkit:  `alignkit.train.grpo` as shipped.
-   - trl:       `GRPOTrainer` with the same settings.
-   - bare:      a hand-written loop: `model.generate` on the left-padded P x G batch (peft LoRA
-                model, bf16 autocast), the gold judge on the decoded responses, group-normalised
-                advantages (r - mean) / (std + 1e-4), then a reference forward (adapters disabled,
-                no_grad) and one policy forward + backward on the response positions
-                (`logits_to_keep`), loss = token mean of -A * ratio + beta * k3, AdamW.
+   - alignkit:       `alignkit.train.grpo` as shipped (`generation_backend: hf`, its own sampler).
+   - trl:            `GRPOTrainer` with the same settings (transformers `generate`).
+   - bare:           a hand-written loop: `model.generate` on the left-padded P x G batch (peft LoRA
+                     model), the gold judge on the decoded responses, group-normalised
+                     advantages (r - mean) / (std + 1e-4), then a reference forward (adapters disabled,
+                     no_grad) and one policy forward + backward on the response positions
+                     (`logits_to_keep`), loss = token mean of -A * ratio + beta * k3, AdamW.
+   - alignkit-vllm:  `generation_backend: vllm` (colocated, 0.3 of GPU memory).
+   - trl-vllm:       `use_vllm=True, vllm_mode="colocate"`, 0.3 of GPU memory, importance-sampling
+                     correction off (alignkit has none: both score the rollout with the training model once).
 
-Prints a markdown table and the ratios (goal: step >= 2x TRL, generation >= 0.95x bare);
-`--json PATH` writes the numbers `run_all.py` collects; `--gen-rounds 0` skips part 1.
+   `--rollout vllm` (or `hf,vllm`) adds the -vllm sides of the named ones (bare has none). They run
+   only with `--device cuda` and where `import vllm` works; otherwise they are skipped with the reason
+   printed and recorded in the JSON (`skipped`). A vLLM side that fails is recorded the same way, and
+   the other sides still count.
+
+Prints a markdown table and the like-for-like ratios (goal: step >= 2x TRL on the same backend,
+generation >= 0.95x bare); `--json PATH` writes the numbers `run_all.py` collects; `--gen-rounds 0`
+skips part 1.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness  # noqa: E402
 
-SIDES = ("alignkit", "trl", "bare")
+SIDES = ("alignkit", "trl", "bare", "alignkit-vllm", "trl-vllm")
+ROLLOUT = {"alignkit": "hf", "trl": "hf", "bare": "hf", "alignkit-vllm": "vllm", "trl-vllm": "vllm"}
+VLLM_MEMORY = 0.3  # share of GPU memory each vLLM side may take
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -86,7 +100,7 @@ def bench_generation(args) -> dict:
     eos = tokenizer.eos_token_id
 
     def bare():
-        with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=args.max_new_tokens, do_sample=True,
                                  temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         tokens = 0
@@ -95,7 +109,8 @@ def bench_generation(args) -> dict:
         return tokens
 
     def ours():
-        rollout = generate(model, tokenizer, ids, group_size=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0)
+        rollout = generate(model, tokenizer, ids, group_size=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0,
+                           bf16=args.precision == "bf16")
         return int(rollout.response_lengths.sum())
 
     times = {"bare": [], "alignkit": []}
@@ -114,7 +129,7 @@ def bench_generation(args) -> dict:
 
 # ---------------------------------------------------------------- GRPO step: one side per process
 
-def run_alignkit(args, out: Path) -> dict:
+def run_alignkit(args, out: Path, backend: str) -> dict:
     import alignkit.train
 
     data = out / "prompts.jsonl"
@@ -124,7 +139,8 @@ def run_alignkit(args, out: Path) -> dict:
         prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group,
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, learning_rate=1e-5,
         max_steps=args.warmup + args.steps, kl_coef=0.04, kl_estimator="k3", loss_aggregation="token_mean", max_grad_norm=1.0,
-        mixed_precision="bf16", temperature=1.0, top_p=1.0, report_to=["jsonl"], merge_lora=False, seed=0))
+        mixed_precision="bf16" if args.precision == "bf16" else "no", temperature=1.0, top_p=1.0, report_to=["jsonl"],
+        merge_lora=False, seed=0, generation_backend=backend, vllm_gpu_memory_utilization=VLLM_MEMORY))
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "time/step_s" in m]
     return {"step_s": [m["time/step_s"] for m in steps], "length": [m["response/length"] for m in steps],
@@ -136,8 +152,6 @@ def run_bare(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from alignkit.data.collate import pad_sequences
-    from alignkit.data.tasks.hhh_mini import gold_rewards
     from alignkit.models.load import load_causal_lm, load_tokenizer
     from alignkit.rl.rollout import encode_prompts
 
@@ -148,56 +162,66 @@ def run_bare(args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0)
     prompts = hhh_prompts(args.prompts * (args.warmup + args.steps))
     prompt_ids, _, _ = encode_prompts(tokenizer, prompts, 256)
-    pad, eos, beta, group = tokenizer.pad_token_id, tokenizer.eos_token_id, 0.04, args.group
-    autocast = torch.autocast(args.device, dtype=torch.bfloat16)
     times, lengths, rewards = [], [], []
     for step in range(args.warmup + args.steps):
         harness.sync()
         began = time.perf_counter()
         chunk = slice(step * args.prompts, (step + 1) * args.prompts)
-        repeated = [ids for ids in prompt_ids[chunk] for _ in range(group)]
-        input_ids = pad_sequences(repeated, pad, side="left").to(args.device)  # (N, P_len), N = P * G
-        prompt_mask = pad_sequences([[1] * len(ids) for ids in repeated], 0, side="left").to(args.device)
-        model.eval()
-        with torch.no_grad(), autocast:
-            sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
-                                       do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
-        model.train()
-        response = sequences[:, input_ids.shape[1]:]  # (N, R)
-        is_eos = (response == eos).long()
-        response_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (N, R) up to and including the first EOS
-        texts = tokenizer.batch_decode(response.masked_fill(response_mask == 0, pad).cpu(), skip_special_tokens=True)
-        scores = torch.tensor(gold_rewards([p for p in prompts[chunk] for _ in range(group)], texts)).view(-1, group)  # (P, G)
-        advantages = ((scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-4)).flatten().to(args.device)  # (N,)
-
-        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (N, T)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-        def response_logps():
-            logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                           logits_to_keep=response.shape[1] + 1).logits[:, :-1]  # (N, R, V)
-            return torch.log_softmax(logits.float(), -1).gather(-1, response[..., None]).squeeze(-1)  # (N, R)
-
-        with autocast:
-            with torch.no_grad(), model.disable_adapter():
-                ref_logps = response_logps()
-            logps = response_logps()
-        log_ratio = (ref_logps - logps).clamp(-20, 20)
-        k3 = torch.exp(log_ratio) - log_ratio - 1  # (N, R)
-        per_token = -torch.exp(logps - logps.detach()) * advantages[:, None] + beta * k3
-        loss = (per_token * response_mask).sum() / response_mask.sum().clamp(min=1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        length, reward = bare_step(args, model, tokenizer, optimizer, prompts[chunk], prompt_ids[chunk])
         harness.sync()
         times.append(time.perf_counter() - began)
-        lengths.append(response_mask.sum(-1).float().mean().item())
-        rewards.append(scores.mean().item())
+        lengths.append(length)
+        rewards.append(reward)
     return {"step_s": times, "length": lengths, "reward": rewards}
 
 
-def run_trl(args, out: Path) -> dict:
+def bare_step(args, model, tokenizer, optimizer, prompts: list[str], prompt_ids: list[list[int]]) -> tuple[float, float]:
+    """One bare GRPO step on P prompts: returns (mean response length, mean reward)."""
+    import torch
+
+    from alignkit.data.collate import pad_sequences
+    from alignkit.data.tasks.hhh_mini import gold_rewards
+
+    pad, eos, beta, group = tokenizer.pad_token_id, tokenizer.eos_token_id, 0.04, args.group
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    repeated = [ids for ids in prompt_ids for _ in range(group)]
+    input_ids = pad_sequences(repeated, pad, side="left").to(args.device)  # (N, P_len), N = P * G
+    prompt_mask = pad_sequences([[1] * len(ids) for ids in repeated], 0, side="left").to(args.device)
+    model.eval()
+    with torch.no_grad(), autocast:
+        sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
+                                   do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
+    model.train()
+    response = sequences[:, input_ids.shape[1]:]  # (N, R)
+    is_eos = (response == eos).long()
+    response_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (N, R) up to and including the first EOS
+    texts = tokenizer.batch_decode(response.masked_fill(response_mask == 0, pad).cpu(), skip_special_tokens=True)
+    scores = torch.tensor(gold_rewards([p for p in prompts for _ in range(group)], texts)).view(-1, group)  # (P, G)
+    advantages = ((scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-4)).flatten().to(args.device)  # (N,)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (N, T)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def response_logps():
+        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=response.shape[1] + 1).logits[:, :-1]  # (N, R, V)
+        return torch.log_softmax(logits.float(), -1).gather(-1, response[..., None]).squeeze(-1)  # (N, R)
+
+    with autocast:
+        with torch.no_grad(), model.disable_adapter():
+            ref_logps = response_logps()
+        logps = response_logps()
+    log_ratio = (ref_logps - logps).clamp(-20, 20)
+    k3 = torch.exp(log_ratio) - log_ratio - 1  # (N, R)
+    per_token = -torch.exp(logps - logps.detach()) * advantages[:, None] + beta * k3
+    loss = (per_token * response_mask).sum() / response_mask.sum().clamp(min=1)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return response_mask.sum(-1).float().mean().item(), scores.mean().item()
+
+
+def run_trl(args, out: Path, vllm: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -213,9 +237,11 @@ def run_trl(args, out: Path) -> dict:
         output_dir=str(out / "trl"), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, beta=0.04, loss_type="dapo", scale_rewards="group", epsilon=0.2,
-        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu",
-        max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none", disable_dropout=True,
-        seed=0, dataloader_num_workers=0, log_completions=False)
+        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=args.precision == "bf16",
+        use_cpu=args.device == "cpu", max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
+        disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False,
+        **(dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_MEMORY,
+                vllm_max_model_length=256 + args.max_new_tokens, vllm_importance_sampling_correction=False) if vllm else {}))
     timer = harness.step_timer()
     trainer = GRPOTrainer(model=model, reward_funcs=[gold], args=config, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS,
@@ -229,8 +255,9 @@ def run_trl(args, out: Path) -> dict:
 
 def child(args) -> None:
     """One side, in this process: its measured steps, their mean response length and reward, as one RESULT line."""
-    runners = {"alignkit": lambda: run_alignkit(args, Path(args.out)), "trl": lambda: run_trl(args, Path(args.out)),
-               "bare": lambda: run_bare(args)}
+    runners = {"alignkit": lambda: run_alignkit(args, Path(args.out), "hf"), "trl": lambda: run_trl(args, Path(args.out), vllm=False),
+               "bare": lambda: run_bare(args), "alignkit-vllm": lambda: run_alignkit(args, Path(args.out), "vllm"),
+               "trl-vllm": lambda: run_trl(args, Path(args.out), vllm=True)}
     result = runners[args.side]()
     if len(result["step_s"]) != args.warmup + args.steps:
         raise SystemExit(f"{args.side} ran {len(result['step_s'])} steps, not {args.warmup + args.steps}")
@@ -241,6 +268,103 @@ def child(args) -> None:
 
 
 # ---------------------------------------------------------------- main
+
+def vllm_unavailable(device: str) -> str | None:
+    """Why the vLLM sides cannot run here (`import vllm` fails in this interpreter, or no GPU), or None when they can."""
+    reasons = []
+    done = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True)  # a fresh interpreter, as the sides
+    if done.returncode != 0:
+        reasons.append(f"`import vllm` fails in {sys.executable} ({(done.stderr.strip().splitlines() or ['no message'])[-1]})")
+    if device != "cuda":
+        reasons.append("vLLM rollouts need a GPU (alignkit's backend and TRL's colocate mode) and this run is --device cpu")
+    return "; ".join(reasons) or None
+
+
+def chosen_sides(args) -> tuple[list[str], dict]:
+    """The sides to run (each named side on each `--rollout` backend that has it) and {side: why it was skipped}."""
+    names = [s.strip() for s in args.sides.split(",") if s.strip()]
+    backends = [r.strip() for r in args.rollout.split(",") if r.strip()]
+    if set(names) - set(SIDES) or set(backends) - {"hf", "vllm"}:
+        raise SystemExit(f"unknown sides or rollouts in {args.sides!r} / {args.rollout!r}; sides: {', '.join(SIDES)}; rollouts: hf, vllm")
+    sides = [n for n in names if ROLLOUT[n] == "vllm"]  # named outright
+    for backend in backends:
+        twins = [n if backend == "hf" else f"{n}-vllm" for n in names if ROLLOUT[n] == "hf"]
+        sides += [side for side in twins if side in SIDES and side not in sides]  # bare has no -vllm twin
+    skipped = {}
+    reason = vllm_unavailable(args.device) if any(ROLLOUT[s] == "vllm" for s in sides) else None
+    if reason:
+        skipped = {s: reason for s in sides if ROLLOUT[s] == "vllm"}
+        sides = [s for s in sides if s not in skipped]
+        print(f"skipping {', '.join(skipped)}: {reason}", flush=True)
+    return sides, skipped
+
+
+def run_rounds(args, sides: list[str], skipped: dict) -> dict:
+    """`--rounds` runs of every side, alternating; a vLLM side that fails is moved to `skipped` and the others go on."""
+    runs = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for side in [s for s in sides if s not in skipped]:
+                out = Path(tmp, str(round_), side)
+                out.mkdir(parents=True)
+                argv = ["--out", str(out), "--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group),
+                        "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r), "--steps", str(args.steps),
+                        "--warmup", str(args.warmup)]
+                try:
+                    runs[side].append(harness.run_child(__file__, side, argv, device=args.device, precision=args.precision))
+                except SystemExit as failure:
+                    if ROLLOUT[side] != "vllm":
+                        raise
+                    skipped[side] = f"failed: {failure}"
+                    print(f"skipping {side} from now on: {failure}", flush=True)
+    return {side: r for side, r in runs.items() if side not in skipped}
+
+
+def report(args, runs: dict, skipped: dict, generation: dict | None) -> dict:
+    """Every side's summary, FLOPs counted as 6·N·T over its own tokens; writes `--json`."""
+    from alignkit.models.load import load_tokenizer, resolve_model_path
+    from alignkit.rl.rollout import encode_prompts
+
+    prompt_ids, _, _ = encode_prompts(load_tokenizer(args.model), hhh_prompts(args.prompts * (args.warmup + args.steps)), 256)
+    prompt_length = statistics.fmean(map(len, prompt_ids))
+    params, sequences = harness.matmul_parameters(resolve_model_path(args.model)), args.prompts * args.group
+    results = {}
+    for side, r in runs.items():
+        length = statistics.fmean(x["response_length"] for x in r)
+        tokens = sequences * (prompt_length + length)
+        results[side] = harness.summarize(r, sequences, 6 * params * tokens)
+        results[side].update(response_length=length, tokens_per_step=tokens, reward=statistics.fmean(x["reward"] for x in r),
+                             variant=ROLLOUT[side])
+    harness.write_json(args.json, {
+        "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s", "device": args.device,
+        "precision": args.precision, "variant": "rollout", "skipped": skipped,
+        "settings": f"{args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, "
+                    f"{harness.precision_text(args.precision)}, beta 0.04 (k3), AdamW; {args.steps} measured steps after "
+                    f"{args.warmup} warm-up per run",
+        "params": params, "tokens_per_step": statistics.fmean(x["tokens_per_step"] for x in results.values()) if results else 0,
+        "prompt_length": prompt_length,
+        "flops": "6·N·T per step, the usual training-FLOPs convention, T = prompt + response tokens of the P·G sequences "
+                 "(that side's mean response length); the step's matmul work is nearer 8·N·T (2·N·T sampling with the KV cache, "
+                 "2·N·T reference forward, 4·N·T LoRA forward + backward, no weight gradient for frozen weights)",
+        "generation": generation,
+        "sides": results})
+    return results
+
+
+def print_table(results: dict, generation: dict | None) -> None:
+    print("\n| side | rollout | s/step (median of runs) | rollouts/s | mean response length | mean reward | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for side, r in results.items():
+        print(f"| {side} | {ROLLOUT[side]} | {r['seconds_per_step']:.2f} | {r['throughput']:.2f} | {r['response_length']:.1f} | "
+              f"{r['reward']:.3f} | {r['peak_mib']:.0f} |")
+    if generation:
+        print(f"\ngeneration tokens/s: alignkit {generation['alignkit']:.1f}, bare generate {generation['bare']:.1f}, "
+              f"ratio {generation['alignkit'] / generation['bare']:.3f} (goal >= 0.95)")
+    for ours, theirs in (("alignkit", "trl"), ("alignkit", "bare"), ("alignkit-vllm", "trl-vllm")):
+        if {ours, theirs} <= set(results):
+            print(f"GRPO step speed-up, {ours} over {theirs} (like for like, {ROLLOUT[ours]} rollouts): "
+                  f"{results[theirs]['seconds_per_step'] / results[ours]['seconds_per_step']:.2f}x")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,6 +378,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs per side, alternating")
     parser.add_argument("--gen-rounds", type=int, default=4, help="timed generation rounds per side (0: skip the generation comparison)")
     parser.add_argument("--sides", default="trl,alignkit,bare", help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--rollout", default="hf", help="comma-separated rollout backends, hf and/or vllm: vllm adds the -vllm "
+                                                        "sides of the named ones (GPU and an importable vllm only; skipped otherwise)")
     parser.add_argument("--json", help="also write the results here as JSON")
     harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -261,58 +387,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         return child(args)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if set(sides) - set(SIDES):
-        parser.error(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
-
-    from alignkit.models.load import load_tokenizer, resolve_model_path
-    from alignkit.rl.rollout import encode_prompts
-
-    print(f"model {args.model}: {args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, bf16 autocast", flush=True)
+    args.precision = harness.resolve_precision(args.precision, args.device)
+    sides, skipped = chosen_sides(args)
+    print(f"model {args.model}: {args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, "
+          f"{harness.precision_text(args.precision)}; sides {', '.join(sides) or 'none'}", flush=True)
     generation = bench_generation(args) if args.gen_rounds > 0 else None
-    runs = {side: [] for side in sides}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for side in sides:
-                out = Path(tmp, str(round_), side)
-                out.mkdir(parents=True)
-                runs[side].append(harness.run_child(__file__, side, [
-                    "--out", str(out), "--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group),
-                    "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup)], device=args.device))
-
-    prompt_ids, _, _ = encode_prompts(load_tokenizer(args.model), hhh_prompts(args.prompts * (args.warmup + args.steps)), 256)
-    prompt_length = statistics.fmean(map(len, prompt_ids))
-    params, sequences = harness.matmul_parameters(resolve_model_path(args.model)), args.prompts * args.group
-    results = {}
-    for side, r in runs.items():
-        length = statistics.fmean(x["response_length"] for x in r)
-        tokens = sequences * (prompt_length + length)
-        results[side] = harness.summarize(r, sequences, 8 * params * tokens)
-        results[side].update(response_length=length, tokens_per_step=tokens, reward=statistics.fmean(x["reward"] for x in r))
-    harness.write_json(args.json, {
-        "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s", "device": args.device,
-        "settings": f"{args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, bf16 autocast, "
-                    f"beta 0.04 (k3), AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
-        "params": params, "tokens_per_step": statistics.fmean(x["tokens_per_step"] for x in results.values()),
-        "prompt_length": prompt_length,
-        "flops": "8·N·T per step, T = prompt + response tokens of the P·G sequences (that side's mean response length): "
-                 "2·N·T sampling (prefill + one decode forward per token, KV cache), 2·N·T reference forward, "
-                 "4·N·T LoRA policy forward + backward (frozen weights get no weight gradient)",
-        "generation": generation,
-        "sides": results})
-
-    print("\n| side | s/step (median of runs) | rollouts/s | mean response length | mean reward | peak RSS MiB |")
-    print("|---|---|---|---|---|---|")
-    for side, r in results.items():
-        print(f"| {side} | {r['seconds_per_step']:.2f} | {r['throughput']:.2f} | {r['response_length']:.1f} | {r['reward']:.3f} | {r['peak_mib']:.0f} |")
-    if generation:
-        print(f"\ngeneration tokens/s: alignkit {generation['alignkit']:.1f}, bare generate {generation['bare']:.1f}, "
-              f"ratio {generation['alignkit'] / generation['bare']:.3f} (goal >= 0.95)")
-    for other in ("trl", "bare"):
-        if {"alignkit", other} <= set(results):
-            print(f"GRPO step speed-up over {other}: {results[other]['seconds_per_step'] / results['alignkit']['seconds_per_step']:.2f}x")
-
+    runs = run_rounds(args, sides, skipped)
+    print_table(report(args, runs, skipped, generation), generation)
 
 if __name__ == "__main__":
     main()

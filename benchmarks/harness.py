@@ -15,6 +15,13 @@ matmul parameters and the model FLOPs of one step.
 bare loops move model and batches there, TRL gets `use_cpu=False`, alignkit's
 accelerate picks CUDA by itself. With the default `--device cpu` the children see no
 GPU (`CUDA_VISIBLE_DEVICES=""`), so on a GPU machine alignkit stays on the CPU too.
+
+`--precision` (every stage script and `run_all.py`) is what every side trains in:
+`auto` (the default) asks `alignkit.models.precision.bf16_is_native`, as alignkit's own
+`mixed_precision: auto` does: float32 weights under bf16 autocast where bf16 is native
+on the device (AVX-512 BF16 or AMX CPUs, Ampere or later GPUs), plain float32
+elsewhere (emulated bf16 runs about 100x slower). The parent resolves it once and
+passes `bf16` or `fp32` to every child, so all sides train alike.
 """
 
 from __future__ import annotations
@@ -29,10 +36,27 @@ import time
 from pathlib import Path
 
 RESULT = "RESULT "
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def add_device_argument(parser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every side runs (default cpu)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="what every side trains in: bf16 autocast over float32 weights, or fp32; auto (default): bf16 "
+                             "where it is native on --device (alignkit.models.precision), else fp32")
+
+
+def resolve_precision(value: str, device: str) -> str:
+    """`bf16` or `fp32`: `auto` becomes bf16 where `device` computes bf16 natively, as alignkit's `mixed_precision: auto`."""
+    if value != "auto":
+        return value
+    from alignkit.models.precision import bf16_is_native
+
+    return "bf16" if bf16_is_native(device) else "fp32"
+
+
+def precision_text(precision: str) -> str:
+    return "bf16 autocast" if precision == "bf16" else "float32 (no autocast)"
 
 
 def sync() -> None:
@@ -53,11 +77,12 @@ def step_timer():
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times, self._start = [], None
+            self.times, self._start, self.first_begin = [], None, None
 
         def on_step_begin(self, *_, **__):
             sync()
             self._start = time.perf_counter()
+            self.first_begin = self.first_begin or self._start  # setup ends here (load, tokenize, any reference pass)
 
         def on_step_end(self, *_, **__):
             sync()
@@ -75,12 +100,12 @@ def emit(result: dict) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
-def run_child(script: str, side: str, argv: list[str], device: str = "cpu") -> dict:
-    """Runs `script --side side *argv --device device` in a fresh interpreter and returns its RESULT dict."""
+def run_child(script: str, side: str, argv: list[str], device: str = "cpu", precision: str = "bf16") -> dict:
+    """Runs `script --side side *argv --device device --precision precision` in a fresh interpreter; returns its RESULT dict."""
     print(f"running {Path(script).stem}/{side} ...", file=sys.stderr, flush=True)
     env = os.environ | {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None  # cpu: no side may find a GPU
-    done = subprocess.run([sys.executable, script, "--side", side, *argv, "--device", device], capture_output=True, text=True,
-                          env=env)
+    done = subprocess.run([sys.executable, script, "--side", side, *argv, "--device", device, "--precision", precision],
+                          capture_output=True, text=True, env=env)
     line = next((l for l in reversed(done.stdout.splitlines()) if l.startswith(RESULT)), None)
     if done.returncode != 0 or line is None:
         sys.stderr.write(done.stderr[-4000:])

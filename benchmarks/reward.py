@@ -1,12 +1,13 @@
 """Reward-model training throughput: alignkit's recipe against TRL 1.16 `RewardTrainer` and a bare PyTorch loop, in one run.
 
-    .venv/bin/python benchmarks/reward.py                            # embedded SmolLM2-135M, 8 pairs x 256, bf16
+    .venv/bin/python benchmarks/reward.py                            # embedded SmolLM2-135M, 8 pairs x 256
     .venv/bin/python benchmarks/reward.py --model tiny-llama --steps 3   # a quick smoke run
     .venv/bin/python benchmarks/reward.py --sides alignkit,alignkit-classic,trl,trl-defaults,bare
     .venv/bin/python benchmarks/reward.py --rounds 3 --json runs/bench/reward.json
 
 Identical settings on every side: the same sequence-classification model (every
-weight trained, float32 weights under bf16 autocast), the same hhh-mini preference
+weight trained, float32 weights, under bf16 autocast where bf16 is native:
+`--precision`, see `harness.py`), the same hhh-mini preference
 pairs as the same token ids (TRL gets them pre-tokenized as `chosen_ids` /
 `rejected_ids`, built with alignkit's chat-template encoding, so neither side sees a
 token the other does not), one epoch of `--warmup + --steps` batches of
@@ -53,7 +54,7 @@ def run_alignkit(args, data: Path, out: Path, classic: bool) -> dict:
     summary = reward({"model": resolve_model_path(args.model), "data": str(data), "output_dir": str(out),
                       "max_steps": args.warmup + args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
                       "eval_fraction": 0, "learning_rate": args.lr, "warmup_ratio": 0, "lr_scheduler": "constant",
-                      "report_to": ["jsonl"], "seed": 0, "mixed_precision": "bf16",
+                      "report_to": ["jsonl"], "seed": 0, "mixed_precision": "bf16" if args.precision == "bf16" else "no",
                       "share_prompt": not classic, "group_by_length": not classic})
     return {"step_seconds": harness.logged_step_seconds(out, args.warmup), "train_pairs": summary["train_pairs"]}
 
@@ -95,7 +96,7 @@ def run_bare(args, data: Path) -> dict:
         began = time.perf_counter()
         input_ids = pad_sequences(sequences, pad_id).to(args.device)  # (2B, T)
         attention_mask = pad_sequences([[1] * len(s) for s in sequences], 0).to(args.device)  # (2B, T)
-        with torch.autocast(args.device, dtype=torch.bfloat16):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (2B, T, H)
             last = attention_mask.sum(-1) - 1  # (2B,) each row's last real token
             rewards = model.score(hidden[torch.arange(len(sequences), device=hidden.device), last]).squeeze(-1).float()  # (2B,)
@@ -127,7 +128,8 @@ def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype="float32", num_labels=1)
     config = RewardConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                           max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                          max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu", seed=0, gradient_checkpointing=checkpointing,
+                          max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=args.device == "cpu", seed=0,
+                          gradient_checkpointing=checkpointing,
                           logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     dataset = Dataset.from_list(tokenized_pairs(path, data))
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer(path))
@@ -158,7 +160,7 @@ def run_side(side: str, args, data: Path, tmp: str) -> dict:
     return harness.run_child(__file__, side, [
         "--data", str(data), "--out", str(Path(tmp) / side), "--model", args.model, "--batch-size", str(args.batch_size),
         "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr)],
-        device=args.device)
+        device=args.device, precision=args.precision)
 
 
 def main() -> None:
@@ -184,6 +186,7 @@ def main() -> None:
     unknown = set(sides) - set(SIDES)
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
+    args.precision = harness.resolve_precision(args.precision, args.device)
     from alignkit.models.load import resolve_model_path
 
     path = resolve_model_path(args.model)
@@ -199,20 +202,26 @@ def main() -> None:
                 if result["train_pairs"] != args.batch_size * (args.warmup + args.steps):
                     raise SystemExit(f"{side} trained on {result['train_pairs']} pairs, not all of them")
                 runs[side].append(result)
+    report(args, path, tokens_per_pair, runs)
 
+
+def report(args, path: str, tokens_per_pair: float, runs: dict) -> None:
+    """Summarises every side, writes `--json` and prints the table."""
     params = harness.matmul_parameters(path, sequence_classification=True)
+    precision = harness.precision_text(args.precision)
     tokens_per_step = args.batch_size * tokens_per_pair
     results = {side: harness.summarize(r, args.batch_size, 6 * params * tokens_per_step) for side, r in runs.items()}
     harness.write_json(args.json, {
         "stage": "reward", "command": harness.command_line(), "model": args.model, "unit": "pairs/s", "device": args.device,
-        "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, bf16 autocast, "
+        "precision": args.precision,
+        "settings": f"{args.batch_size} pairs/step, max_length {args.max_length}, full fine-tuning, {precision}, "
                     f"Bradley-Terry loss, AdamW; {args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": tokens_per_step,
         "flops": "6·N·T per step: N matmul weights of the sequence classifier (score head, no LM head), "
                  "T real tokens of the 2B prompt+response sequences (a shared prompt counted twice)",
         "sides": results})
 
-    print(f"\nmodel={args.model}, {args.batch_size} pairs/step, max_length {args.max_length}, bf16 autocast, full fine-tuning, "
+    print(f"\nmodel={args.model}, {args.batch_size} pairs/step, max_length {args.max_length}, {precision}, full fine-tuning, "
           f"Bradley-Terry loss; {args.steps} measured steps after {args.warmup} warmup, x{args.rounds} runs")
     print("| side | pairs/s | s/step (median of runs) | peak RSS MiB |")
     print("|---|---|---|---|")

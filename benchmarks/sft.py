@@ -1,18 +1,19 @@
 """SFT step throughput: alignkit's recipe against TRL 1.16 `SFTTrainer` and a bare PyTorch loop, in one run.
 
-    .venv/bin/python benchmarks/sft.py                                     # embedded SmolLM2-135M, bf16, batch 8 x 256
+    .venv/bin/python benchmarks/sft.py                                     # embedded SmolLM2-135M, batch 8 x 256
     .venv/bin/python benchmarks/sft.py --model tiny-llama --steps 2        # a quick smoke run
     .venv/bin/python benchmarks/sft.py --sides alignkit,bare --rounds 3 --json runs/bench/sft.json
 
-Every side trains every weight of the same model (float32 weights under bf16
-autocast) with AdamW (no weight decay) at a constant learning rate, gradient
-clipping 1.0, no gradient checkpointing, on the same prompt-completion rows
+Every side trains every weight of the same model (float32 weights, under bf16
+autocast where bf16 is native: `--precision`, see `harness.py`) with AdamW (no
+weight decay) at a constant learning rate, gradient clipping 1.0, no gradient
+checkpointing, on the same prompt-completion rows
 tokenized the same way (alignkit's chat-template encoding; loss on completion
 tokens only), batch size and max length, one epoch of `--warmup + --steps` batches:
 
 - alignkit:  `alignkit.train.sft` as shipped; per-step times read from its metrics.jsonl.
 - trl:       `SFTTrainer` given the same pre-tokenized rows (`input_ids` + `completion_mask`,
-             `completion_only_loss=True`), gradient checkpointing off, bf16, no eval, saving
+             `completion_only_loss=True`), gradient checkpointing off, `--precision`, no eval, saving
              or per-step logging.
 - bare:      the loop one writes by hand: `model(input_ids, attention_mask, labels=...)`,
              whose loss runs the LM head and cross-entropy over every position, on
@@ -68,7 +69,8 @@ def run_alignkit(args, path: str, data: Path, out: Path) -> list[float]:
 
     sft({"model": path, "data": str(data), "output_dir": str(out), "max_steps": args.warmup + args.steps,
          "batch_size": args.batch_size, "max_length": args.seq_len + 8, "eval_fraction": 0, "learning_rate": args.lr,
-         "warmup_ratio": 0, "report_to": ["jsonl"], "seed": 0, "lr_scheduler": "constant", "mixed_precision": "bf16"})
+         "warmup_ratio": 0, "report_to": ["jsonl"], "seed": 0, "lr_scheduler": "constant",
+         "mixed_precision": "bf16" if args.precision == "bf16" else "no"})
     return harness.logged_step_seconds(out, warmup=0)  # every step: child() checks the count, then drops the warm-up
 
 
@@ -93,7 +95,7 @@ def run_bare(args, path: str, data: Path) -> list[float]:
         start = time.perf_counter()
         batch = {k: v.to(args.device) for k, v in batch.items()}
         labels = batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100)
-        with torch.autocast(args.device, dtype=torch.bfloat16):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,7 +116,8 @@ def run_trl(args, path: str, data: Path, out: Path) -> list[float]:
     dataset = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": e["loss_mask"]} for e in examples])
     config = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, max_length=args.seq_len + 8,
                        max_steps=args.warmup + args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                       weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=args.device == "cpu", seed=0, gradient_checkpointing=False,
+                       weight_decay=0.0, max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=args.device == "cpu", seed=0,
+                       gradient_checkpointing=False,
                        completion_only_loss=True, packing=False, padding_free=False, eval_strategy="no",
                        logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
                        dataloader_num_workers=0)
@@ -163,6 +166,7 @@ def main() -> None:
     if set(sides) - set(SIDES):
         parser.error(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
 
+    args.precision = harness.resolve_precision(args.precision, args.device)
     from alignkit.models.load import resolve_model_path
 
     path = resolve_model_path(args.model)
@@ -176,21 +180,26 @@ def main() -> None:
                 runs[side].append(harness.run_child(__file__, side, [
                     "--data", str(data), "--out", f"{tmp}/{round_}/{side}", "--model", args.model,
                     "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                    "--warmup", str(args.warmup), "--lr", str(args.lr)], device=args.device))
+                    "--warmup", str(args.warmup), "--lr", str(args.lr)], device=args.device, precision=args.precision))
+    report(args, path, examples, runs)
 
+
+def report(args, path: str, examples: list[dict], runs: dict) -> None:
+    """Summarises every side, writes `--json` and prints the table."""
     tokens_per_step = args.batch_size * statistics.fmean(len(e["input_ids"]) for e in examples)  # real tokens, no padding
     params = harness.matmul_parameters(path)
     results = {side: harness.summarize(r, tokens_per_step, 6 * params * tokens_per_step) for side, r in runs.items()}
+    precision = harness.precision_text(args.precision)
     harness.write_json(args.json, {
         "stage": "sft", "command": harness.command_line(), "model": args.model, "unit": "tokens/s",
-        "device": args.device,
-        "settings": f"{args.batch_size} rows x ~{args.seq_len} tokens, full fine-tuning, bf16 autocast, AdamW, "
+        "device": args.device, "precision": args.precision,
+        "settings": f"{args.batch_size} rows x ~{args.seq_len} tokens, full fine-tuning, {precision}, AdamW, "
                     f"{args.steps} measured steps after {args.warmup} warm-up per run",
         "params": params, "tokens_per_step": tokens_per_step,
         "flops": "6·N·T per step: N matmul weights (LM head included), T real tokens of the batch",
         "sides": results})
 
-    print(f"\nmodel={args.model}, batch {args.batch_size}x{args.seq_len} ({tokens_per_step:.0f} tokens/step), bf16 autocast, "
+    print(f"\nmodel={args.model}, batch {args.batch_size}x{args.seq_len} ({tokens_per_step:.0f} tokens/step), {precision}, "
           f"full fine-tuning; {args.steps} measured steps after {args.warmup} warm-up, x{args.rounds} runs")
     print("| side | s/step (median of runs) | tokens/s | peak RSS MiB |")
     print("|---|---|---|---|")
