@@ -140,7 +140,8 @@ def run_alignkit(args, out: Path, backend: str) -> dict:
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, learning_rate=1e-5,
         max_steps=args.warmup + args.steps, kl_coef=0.04, kl_estimator="k3", loss_aggregation="token_mean", max_grad_norm=1.0,
         mixed_precision="bf16" if args.precision == "bf16" else "no", temperature=1.0, top_p=1.0, report_to=["jsonl"],
-        merge_lora=False, seed=0, generation_backend=backend, vllm_gpu_memory_utilization=VLLM_MEMORY))
+        merge_lora=False, seed=0, generation_backend=backend, vllm_gpu_memory_utilization=VLLM_MEMORY,
+        gradient_checkpointing=True))  # as TRL's GRPOConfig defaults to: without it 8 x 8 x 128 needs ~20 GiB here (OOM)
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "time/step_s" in m]
     return {"step_s": [m["time/step_s"] for m in steps], "length": [m["response/length"] for m in steps],
@@ -239,7 +240,7 @@ def run_trl(args, out: Path, vllm: bool) -> dict:
         temperature=1.0, top_p=1.0, top_k=0, beta=0.04, loss_type="dapo", scale_rewards="group", epsilon=0.2,
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=args.precision == "bf16",
         use_cpu=args.device == "cpu", max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
-        disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False,
+        disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False, gradient_checkpointing=True,
         **(dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_MEMORY,
                 vllm_max_model_length=256 + args.max_new_tokens, vllm_importance_sampling_correction=False) if vllm else {}))
     timer = harness.step_timer()
@@ -276,7 +277,7 @@ def vllm_unavailable(device: str) -> str | None:
     if done.returncode != 0:
         reasons.append(f"`import vllm` fails in {sys.executable} ({(done.stderr.strip().splitlines() or ['no message'])[-1]})")
     if device != "cuda":
-        reasons.append("vLLM rollouts need a GPU (alignkit's backend and TRL's colocate mode) and this run is --device cpu")
+        reasons.append("this row's vLLM sides need a GPU (TRL's colocate mode does) and this run is --device cpu; on CPU, alignkit's vLLM rollouts are measured by benchmarks/rollout.py from .venv-vllm")
     return "; ".join(reasons) or None
 
 

@@ -276,6 +276,8 @@ def like_cell(sides: dict, side: str, family: str) -> str:
 
 
 def mfu(r: dict, peaks: dict, dtype: str) -> str:
+    if dtype == "bf16" and peaks["bf16"] < peaks["fp32"]:  # emulated bf16: no side trains in it, the ratio would exceed 100%
+        return "n/a (bf16 emulated)"
     return f"{100 * r['flops_per_step'] / r['seconds_per_step'] / (peaks[dtype] * 1e9):.1f}%"
 
 

@@ -225,3 +225,22 @@ def test_run_all_smallest_dpo_and_grpo_rows(tmp_path, monkeypatch):
         assert "Not like for like, for comparison with earlier tables only: alignkit (precompute) / trl (copy)" in text
     else:
         assert "| alignkit | precompute |" in text and "n/a" in text
+
+
+def test_mfu_against_an_emulated_bf16_peak_is_not_shown():
+    side = _side(1.0)  # 1e9 FLOPs per 1 s step
+    assert run_all.mfu(side, {"fp32": 10.0, "bf16": 20.0}, "bf16") == "5.0%"
+    assert run_all.mfu(side, {"fp32": 10.0, "bf16": 1.0}, "bf16") == "n/a (bf16 emulated)"
+    assert run_all.mfu(side, {"fp32": 10.0, "bf16": 1.0}, "fp32") == "10.0%"
+
+
+def test_rollout_benchmark_gives_every_side_the_same_tokens(tmp_path, tiny_path):
+    """benchmarks/rollout.py on tiny-llama: generate and alignkit's sampler make exactly prompts x G x new tokens each;
+    the vLLM side runs where vLLM imports and is reported as not run elsewhere."""
+    from benchmarks import rollout
+
+    out = tmp_path / "rollout.json"
+    rollout.main(["--model", tiny_path, "--prompts", "2", "--group", "2", "--max-new-tokens", "4", "--rounds", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert {name: r["tokens"] for name, r in result["results"].items() if name != "vllm"} == {"generate": 16, "alignkit": 16}
+    assert "vllm" in result["results"] or result["notes"]["vllm"].startswith("not run")
