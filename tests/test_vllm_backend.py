@@ -99,7 +99,7 @@ class StandInEngine:
     def generate(self, prompt_ids, n, max_tokens, temperature=1.0, top_p=1.0, stop_token_ids=(), seed=None):
         responses, _ = sample(self.model, prompt_ids, n, max_tokens, temperature, top_p, set(stop_token_ids), 0)
         prompts = [p for p in prompt_ids for _ in range(n)]
-        logps = [[lp / 1.0 - self.shift for lp in trainer_logprobs(self.model, p, r)] if r else [] for p, r in zip(prompts, responses)]
+        logps = [[lp - self.shift for lp in trainer_logprobs(self.model, p, r)] if r else [] for p, r in zip(prompts, responses)]
         return responses, logps
 
     def sequence_logprobs(self, prompt_ids, completion_ids):

@@ -18,6 +18,7 @@ sampling (rl/mismatch.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def trainer_logprobs(policy, prompt_ids: list[int], completion_ids: list[int], a
     mask[0, len(prompt_ids):] = 1
     was_training = policy.training
     policy.eval()
-    with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
+    with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
         logps, _ = token_logprobs(policy, ids.to(device), torch.ones_like(ids).to(device), mask.to(device))
     policy.train(was_training)
     return logps[0, len(prompt_ids):].float().tolist()
@@ -93,7 +94,7 @@ class VLLMGenerator:
             from alignkit.rl.vllm_engine import VLLMEngine, engine_dtype
 
             self.engine = VLLMEngine(model_path, config.max_prompt_length + config.max_new_tokens,
-                                     engine_dtype(config.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"),
+                                     engine_dtype(config.mixed_precision),
                                      config.seed, config.vllm_gpu_memory_utilization)
             self.sync_dir = None
         self.eos, self.probe, self.last_sync = eos_token_ids(None, tokenizer), None, {}

@@ -39,7 +39,7 @@ def import_vllm():
     return vllm
 
 
-def engine_dtype(mixed_precision: str, device_type: str) -> str:
+def engine_dtype(mixed_precision: str) -> str:
     """bfloat16 where the trainer computes in bf16, else float32, so that both sides use the same numerics."""
     return "bfloat16" if mixed_precision == "bf16" else "float32"
 
