@@ -28,6 +28,8 @@ class SamplingArgs:
     max_prompt_length: int = option(512, "Longer prompts are skipped (counted in the log).", ge=1)
     sample_batch_size: int = option(64, "Answers sampled together.", ge=1)
     keep_truncated: bool = option(False, "Let answers cut at max_new_tokens be kept, chosen or rejected.")
+    greedy: bool = option(False, "Also decode each prompt's greedy answer, first of its N + 1: the answer an evaluation sees, so a "
+                                 "pair can push down the greedy mistake and best-of-N keeps the greedy answer on a tie.")
     reward_function: str = option("", "Labeller: a Python reward function, module:function, path/file.py:function or hhh-mini-gold.")
     reward_model: str = option("", "Labeller: a reward model or ensemble directory.")
     reward_url: str = option("", "Labeller: an HTTP reward server (the protocol `--reward_url` of grpo reads).")

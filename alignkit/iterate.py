@@ -119,7 +119,7 @@ def training_rows(config: IterateConfig, number: int, policy: str, folder: Path)
         rows, report = best_of_n(labelled(config, number, records, folder), config.min_score)
         log.info(f"round {number}: {report.summary()}")
     else:
-        rows, report = pairs_from_records(labelled(config, number, records, folder), config.min_gap)
+        rows, report = pairs_from_records(labelled(config, number, records, folder), config.min_gap, config.greedy)
         log.info(f"round {number}: {report.summary()}")
     if not rows:
         what = f"no answer scored at least min_score ({config.min_score})" if config.method == "rs" else \

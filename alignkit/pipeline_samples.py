@@ -52,7 +52,7 @@ def run_samples(config: SamplesConfig) -> dict:
     out = Path(config.output_dir)
     records = sample_records(config, load_prompts(config, "samples"), config.model, "samples")
     write_jsonl(records, out / "samples.jsonl")
-    pairs, pair_report = pairs_from_records(records, config.min_gap)
+    pairs, pair_report = pairs_from_records(records, config.min_gap, config.greedy)
     best, best_report = best_of_n(records, config.min_score)
     log.info(f"samples: {pair_report.summary()}")
     log.info(f"samples: {best_report.summary()}")

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from alignkit.cli import main  # noqa: E402
 from alignkit.feedback.annotate.app import create_app  # noqa: E402
 from alignkit.feedback.annotate.store import Store
 from alignkit.feedback.annotate import store as store_module  # noqa: E402
+from netutil import free_port
 
 ADMIN = "admin-token-for-tests-0123456789"
 INJECTIONS = ["'; DROP TABLE votes; --", "Robert'); DROP TABLE annotators;--", "\" OR \"1\"=\"1", "1; DELETE FROM pairs WHERE 1=1",
@@ -243,12 +243,6 @@ def test_cli_add_annotator_and_export(tmp_path, write_jsonl, capsys):
 # ---------------------------------------------------------------- load test with a server kill
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(db: Path, data: str, port: int, log: Path, token_file: Path | None = None) -> subprocess.Popen:
     """The real server; the admin token comes from `token_file` if given, else from $ALIGNKIT_ADMIN_TOKEN."""
     command = [sys.executable, "-m", "alignkit.cli", "annotate", "serve", "--db", str(db), "--data", data, "--host", "127.0.0.1",
@@ -338,7 +332,7 @@ def _unauthorised_writes(base: str, annotator_token: str) -> list[int]:
 def test_load_20_annotators_with_server_kill_and_restart(tmp_path, write_jsonl):
     n_pairs, n_annotators, kill_after = 100, 20, 40
     data = write_jsonl([{"prompt": f"load prompt {i}", "response_a": f"first {i}", "response_b": f"second {i}"} for i in range(n_pairs)])
-    db, log, port = tmp_path / "load.sqlite", tmp_path / "server.log", _free_port()
+    db, log, port = tmp_path / "load.sqlite", tmp_path / "server.log", free_port()
     token_file = tmp_path / "admin-token"
     token_file.write_text(ADMIN + "\n")
     base = f"http://127.0.0.1:{port}"

@@ -19,7 +19,8 @@ from alignkit.cli import main  # noqa: E402
 from alignkit.feedback.annotate.app import create_app  # noqa: E402
 from alignkit.feedback.annotate.limits import RateLimiter  # noqa: E402
 from alignkit.feedback.annotate.store import MAX_ID, Store  # noqa: E402
-from test_annotate import ADMIN_ROUTES, ANNOTATOR_ROUTES, _app, _auth, _call, _free_port, _new_annotator, _rows  # the app fixtures
+from test_annotate import ADMIN_ROUTES, ANNOTATOR_ROUTES, _app, _auth, _call, _new_annotator, _rows  # the app fixtures
+from netutil import free_port
 
 ADMIN = "admin-token-for-tests-0123456789"
 INJECTIONS = ["'; DROP TABLE votes; --", "Robert'); DROP TABLE annotators;--", "\" OR \"1\"=\"1", "1; DELETE FROM pairs WHERE 1=1",
@@ -101,7 +102,7 @@ def test_out_of_range_ids_over_a_real_connection_keep_the_connection(tmp_path):
 
     client, store = _app(tmp_path, _rows(1))
     token = _new_annotator(client, "ann")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

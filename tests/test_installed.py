@@ -17,7 +17,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from netutil import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,12 +84,6 @@ def test_judge_reads_the_shipped_constitution(installed):
     assert len(rows) == 2 and all({"prompt", "chosen", "rejected", "strength"} <= set(r) for r in rows)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, token: str | None = None, body: dict | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = json.dumps(body).encode() if body is not None else None
@@ -102,7 +96,7 @@ def _request(url: str, token: str | None = None, body: dict | None = None):
 def test_annotate_serve_serves_its_page_and_the_shipped_guidelines(installed):
     site, env, cwd = installed
     (cwd / "pairs.jsonl").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "No."}) + "\n")
-    port, admin = _free_port(), "admin-token-for-the-test"
+    port, admin = free_port(), "admin-token-for-the-test"
     server = subprocess.Popen([sys.executable, "-m", "alignkit", "annotate", "serve", "--db", "votes.sqlite", "--data", "pairs.jsonl",
                                "--port", str(port)], env={**env, "ALIGNKIT_ADMIN_TOKEN": admin}, cwd=cwd,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

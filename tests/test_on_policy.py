@@ -28,6 +28,11 @@ def test_pairs_are_best_against_worst_and_ties_are_skipped():
     assert abs(report.chosen_score - (0.9 + 2.0) / 2) < 1e-6 and abs(report.rejected_score - (-0.5 + 0.0) / 2) < 1e-6
     pairs, report = pair_rows(rows, responses, scores, valid, samples=3, min_gap=1.5)  # only c's gap of 2.0 is enough
     assert [p["prompt"] for p in pairs] == ["c"] and report.ties == 2
+    # greedy answers first: a0 is 0.7 under a1 (rejected at min_gap 0.5, not the worse a2); c0 is invalid, so c's worst stays
+    pairs, _ = pair_rows(rows, responses, scores, valid, samples=3, min_gap=0.5, greedy=True)
+    assert [(p["prompt"], p["chosen"], p["rejected"], p["strength"]) for p in pairs] == [("a", "a1", "a0", 0.7), ("c", "c2", "c1", 2.0)]
+    pairs, _ = pair_rows(rows, responses, scores, valid, samples=3, min_gap=0.8, greedy=True)  # a0 within 0.8 of a1: worst again
+    assert [(p["prompt"], p["rejected"]) for p in pairs] == [("a", "a2"), ("c", "c1")]
 
 
 def test_sample_pairs_cli_writes_preference_rows(tmp_path, write_jsonl, tiny_path, capsys):
@@ -78,3 +83,27 @@ def test_pairs_from_records_equal_pair_rows_and_labelling_later_gives_the_same_s
     assert all(s == float(len(t.split())) for r in scored for s, t in zip(r["scores"], r["responses"]))
     pairs, report = pairs_from_records(scored, 0.0)
     assert report.prompts == 4 and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+
+
+def test_greedy_answer_comes_first_and_the_samples_are_unchanged(tiny_path):
+    """`greedy`: each prompt's greedy answer (as `model.generate` decodes it) first, then the same N samples as without it."""
+    from alignkit.feedback.on_policy import sample_scored
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.rl.rewards import build_rewards
+    from alignkit.rl.rollout import encode_prompts
+
+    rewards = build_rewards([{"type": "function", "function": f"{__file__}:word_count"}])
+    tokenizer, model = load_tokenizer(tiny_path), load_causal_lm(tiny_path)
+    rows = [{"prompt": f"Tell me about topic {i}."} for i in range(3)]
+    run = lambda greedy: sample_scored(model, tokenizer, rows, rewards, samples=2, max_new_tokens=6, keep_truncated=True, bf16=False,
+                                       progress=False, batch_size=4, greedy=greedy)
+    torch.manual_seed(0)
+    plain = run(False)
+    torch.manual_seed(0)
+    with_greedy = run(True)
+    prompt_ids, _, _ = encode_prompts(tokenizer, [r["prompt"] for r in rows], 512, "drop")
+    for ids, a, b in zip(prompt_ids, plain, with_greedy):
+        assert b["responses"][1:] == a["responses"] and b["scores"][1:] == a["scores"] and len(b["valid"]) == 3
+        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert b["responses"][0] == tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        assert b["scores"][0] == float(len(b["responses"][0].split()))

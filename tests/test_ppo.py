@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -17,6 +16,7 @@ from alignkit.errors import AlignkitError
 from alignkit.rl.rewards import FunctionReward, HTTPReward, Rewards, build_rewards
 from alignkit.rl.rollout import cut_at_eos, encode_prompts, generate, pack_rollout, select
 from alignkit.rl.scoring import rollout_logprobs
+from netutil import free_port
 
 
 def capitalized_words(prompts, responses, **columns):
@@ -184,14 +184,8 @@ def test_columns_reach_the_reward_function():
     assert seen["answer"] == ["4", "6"] and result.raw.tolist() == [1.0, 0.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_endpoint_is_a_clear_error():
-    url = f"http://127.0.0.1:{_free_port()}/score"
+    url = f"http://127.0.0.1:{free_port()}/score"
     with pytest.raises(AlignkitError, match="did not answer after 2 tries"):
         HTTPReward(url, timeout=2, retries=1, backoff=0.0)(["p"], ["r"])
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import pytest
 import torch
 
 from alignkit.cli import main
+from netutil import free_port
 
 TOPICS = ["cats", "the moon", "rivers", "bread", "trains", "music", "snow", "chess"]
 POLITE, RUDE = "Happy to help! Here is a kind note about {}.", "No. I refuse to talk about {}, go away."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def reward_dir(tmp_path_factory, tiny_path):
 
 @pytest.fixture(scope="module")
 def server(reward_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = open(reward_dir / "server.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", "alignkit.cli", "serve-reward", "--model", str(reward_dir / "rm"),
@@ -126,7 +120,7 @@ def test_a_body_that_is_not_json_is_422(server):
 
 
 def test_a_missing_model_folder_is_one_sentence_at_start_up(tmp_path, capsys):
-    assert main(["serve-reward", "--model", str(tmp_path / "nope"), "--port", str(_free_port())]) == 2
+    assert main(["serve-reward", "--model", str(tmp_path / "nope"), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alignkit serve-reward: error: --model ") and "nope is not an existing folder" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1

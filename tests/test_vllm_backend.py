@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ from alignkit.models.load import load_causal_lm
 from alignkit.models.sampling import sample
 from alignkit.rl.mismatch import importance_weights, mismatch_metrics
 from alignkit.rl.vllm_backend import VLLMGenerator, trainer_logprobs
+from netutil import free_port
 
 LN2 = math.log(2.0)
 
@@ -198,12 +198,6 @@ def test_vllm_colocate_without_vllm_says_how_to_get_it(tmp_path, write_jsonl, ti
 
 # ---------------------------------------------------------------- server mode: alignkit vllm-serve's app
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tiny_path):
     """`alignkit vllm-serve`'s app over a stand-in engine, in a thread on a free port."""
@@ -211,7 +205,7 @@ def served(tiny_path):
 
     from alignkit.rl.vllm_server import build_app
 
-    engine, port = StandInEngine(tiny_path, 128), _free_port()
+    engine, port = StandInEngine(tiny_path, 128), free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from netutil import free_port
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 PROMPT = "Name three colours of the rainbow."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +139,7 @@ def _wait(url: str, process, log: Path, seconds=600):
 
 
 def test_grpo_server_mode_against_alignkit_vllm_serve(tmp_path, embedded_path, prompts):
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "alignkit.cli", "vllm-serve", "--model", embedded_path, "--port", str(port),
                                    "--max-model-len", "512"], stdout=out, stderr=subprocess.STDOUT)
@@ -175,7 +169,7 @@ def test_judge_against_vllms_openai_server_agrees_with_the_local_judge(tmp_path,
     rows = [{"prompt": q, "chosen": good, "rejected": bad} for q, good, bad in JUDGE_PAIRS]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    port, log = _free_port(), tmp_path / "openai.log"
+    port, log = free_port(), tmp_path / "openai.log"
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", embedded_path,
                                    "--served-model-name", "smollm2", "--port", str(port), "--max-model-len", "2048",

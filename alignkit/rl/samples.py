@@ -37,8 +37,12 @@ class PairReport:
 
 
 def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, valid: torch.Tensor, samples: int,
-              min_gap: float) -> tuple[list[dict], PairReport]:
-    """Best-versus-worst pairs from `samples` scored responses per row (row i's are i*G .. i*G + G - 1)."""
+              min_gap: float, greedy: bool = False) -> tuple[list[dict], PairReport]:
+    """Best-versus-worst pairs from `samples` scored responses per row (row i's are i*G .. i*G + G - 1).
+
+    `greedy`: each row's first response is its greedy answer (`sample_scored(greedy=True)`), and it is the rejected
+    one whenever it scores at least `min_gap` under the best: the mistake an evaluation would see is pushed down
+    rather than a worse sample the model rarely writes."""
     report = PairReport(prompts=len(rows), sample_score=scores[valid].mean().item() if valid.any() else float("nan"))
     pairs = []
     grouped, ok = scores.view(len(rows), samples), valid.view(len(rows), samples)
@@ -48,6 +52,8 @@ def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, vali
             continue
         best = int(grouped[i].masked_fill(~ok[i], float("-inf")).argmax())  # invalid samples take no part
         worst = int(grouped[i].masked_fill(~ok[i], float("inf")).argmin())
+        if greedy and ok[i, 0] and grouped[i, best] - grouped[i, 0] >= max(min_gap, 1e-12):
+            worst = 0
         chosen, rejected = responses[i * samples + best], responses[i * samples + worst]
         high, low = float(grouped[i, best]), float(grouped[i, worst])
         if high - low < max(min_gap, 1e-12) or chosen == rejected:
@@ -65,7 +71,7 @@ def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, vali
 
 def sample_scored(model, tokenizer, rows: list[dict], rewards, samples: int = 4, max_new_tokens: int = 64,
                   temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
-                  keep_truncated: bool = False, bf16: bool = True, progress: bool = True) -> list[dict]:
+                  keep_truncated: bool = False, bf16: bool = True, progress: bool = True, greedy: bool = False) -> list[dict]:
     """Samples `samples` responses to each row's prompt from `model` and scores them with `rewards` (an
     `rl.rewards.Rewards`; None leaves them unscored, at 0.0, for a labeller that comes later, see `label_records`):
     one record per prompt, {"prompt", the row's other columns, "responses", "scores", "valid"}.
@@ -74,7 +80,9 @@ def sample_scored(model, tokenizer, rows: list[dict], rewards, samples: int = 4,
     round of `alignkit iterate`. A response cut at `max_new_tokens` is valid only with `keep_truncated` (an
     unfinished answer is a poor thing to prefer or imitate, and the chat template would close it as if finished);
     a response the reward source could not score is invalid too. Prompts longer than `max_prompt_length` are
-    skipped (logged).
+    skipped (logged). `greedy` decodes each prompt's greedy answer too and puts it first (samples + 1 responses):
+    evaluations decode greedily, and at temperature 1 a small model's samples are mostly worse than its greedy answer,
+    so pairs of samples alone rarely touch what an evaluation sees.
     """
     from tqdm.auto import tqdm
 
@@ -94,12 +102,20 @@ def sample_scored(model, tokenizer, rows: list[dict], rewards, samples: int = 4,
         rollout = generate(model, tokenizer, ids[start:start + per_chunk], group_size=samples, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, bf16=bf16)
         finished = (rollout.finished | keep_truncated).tolist()
+        texts, token_ids = rollout.responses, rollout.response_ids
+        if greedy:
+            first = generate(model, tokenizer, ids[start:start + per_chunk], group_size=1, max_new_tokens=max_new_tokens,
+                             temperature=0.0, bf16=bf16)
+            order = [j for i in range(len(chunk)) for j in (len(texts) + i, *range(i * samples, (i + 1) * samples))]
+            texts, token_ids = [(texts + first.responses)[j] for j in order], [(token_ids + first.response_ids)[j] for j in order]
+            finished = [(finished + (first.finished | keep_truncated).tolist())[j] for j in order]
+        group_size = samples + greedy
         for i, row in enumerate(chunk):
-            group = range(i * samples, (i + 1) * samples)
-            records.append({**row, "responses": [rollout.responses[j] for j in group], "scores": [0.0] * samples,
+            group = range(i * group_size, (i + 1) * group_size)
+            records.append({**row, "responses": [texts[j] for j in group], "scores": [0.0] * group_size,
                             "valid": [bool(finished[j]) for j in group]})
         if rewards is not None:
-            label_records(records[-len(chunk):], rewards, rollout.response_ids)
+            label_records(records[-len(chunk):], rewards, token_ids)
     return records
 
 
@@ -123,8 +139,9 @@ def label_records(records: list[dict], rewards, completion_ids: list | None = No
     return records
 
 
-def pairs_from_records(records: list[dict], min_gap: float = 0.0) -> tuple[list[dict], PairReport]:
-    """Best-versus-worst preference rows of `sample_scored`'s records (see `pair_rows`)."""
+def pairs_from_records(records: list[dict], min_gap: float = 0.0, greedy: bool = False) -> tuple[list[dict], PairReport]:
+    """Best-versus-worst preference rows of `sample_scored`'s records (see `pair_rows`; `greedy`: the records' first
+    answers are greedy ones)."""
     samples = max((len(r["responses"]) for r in records), default=1)
     if any(len(r["responses"]) != samples for r in records):
         raise AlignkitError("pairs_from_records: every record must hold the same number of samples")
@@ -132,7 +149,7 @@ def pairs_from_records(records: list[dict], min_gap: float = 0.0) -> tuple[list[
     responses = [text for r in records for text in r["responses"]]
     scores = torch.tensor([s for r in records for s in r["scores"]], dtype=torch.float32)
     valid = torch.tensor([v for r in records for v in r["valid"]], dtype=torch.bool)
-    return pair_rows(rows, responses, scores, valid, samples, min_gap)
+    return pair_rows(rows, responses, scores, valid, samples, min_gap, greedy)
 
 
 RECORD_KEYS = ("responses", "scores", "valid")

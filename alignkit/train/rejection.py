@@ -42,7 +42,7 @@ def sample_records(config, rows: list[dict], model_path: str, what: str, label: 
     log.info(f"{what}: sampling {config.samples} answers for each of {len(rows)} prompts from {model_path}")
     records = sample_scored(model, tokenizer, rows, rewards, config.samples, config.max_new_tokens, config.temperature,
                             config.top_p, config.sample_batch_size, config.max_prompt_length, config.keep_truncated,
-                            bf16=config.mixed_precision == "bf16")
+                            bf16=config.mixed_precision == "bf16", greedy=config.greedy)
     if not records:
         raise AlignkitError(f"{what}: every prompt of {config.prompts} is longer than max_prompt_length ({config.max_prompt_length}); "
                             f"raise max_prompt_length")
