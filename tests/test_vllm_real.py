@@ -98,6 +98,10 @@ def test_weight_sync_makes_vllm_sample_the_trained_policy(generator, embedded_pa
     metrics = generator.sync_weights(policy)
     assert _greedy_vllm(engine, prompt, eos) == trained
     assert metrics["vllm/probe_logp_abs_diff"] < 1e-3  # float32 both sides: measured ~1e-5
+    with torch.no_grad():  # the sync sends the live parameters, not copies: vLLM must have copied them, not kept them
+        for parameter in policy.parameters():
+            parameter.zero_()
+    assert _greedy_vllm(engine, prompt, eos) == trained
 
 
 def _run(args, log: Path, env=None, timeout=1200):

@@ -21,7 +21,7 @@ import torch
 from alignkit.losses.kl import kl_per_token
 from alignkit.rl.advantages import AdvantageInputs, compute_advantages
 from alignkit.data.formats import prompt_columns
-from alignkit.rl.dynamic_sampling import sample_informative_groups
+from alignkit.rl.dynamic_sampling import sample_informative_groups, zero_variance_groups
 from alignkit.rl.mismatch import importance_weights, mismatch_metrics
 from alignkit.rl.rollout import Rollout, generate
 from alignkit.rl.shaping import overlong_penalty
@@ -62,6 +62,9 @@ def sample_and_score(policy, tokenizer, prompt_ids: list[list[int]], prompt_rows
     else:
         rollout = sample(prompt_ids)
         raw, valid, per_source = score(rollout, prompt_rows)
+        if config.group_size > 1:  # logged without dynamic sampling too (TRL's frac_reward_zero_std): the share that teaches nothing
+            flat = zero_variance_groups(raw, valid, config.group_size)
+            metrics = {"dynamic/zero_variance_share": flat.float().mean().item(), "dynamic/groups": int((~flat).sum())}
     rollout.prompt_rows, rollout.rewards = prompt_rows, raw
     return rollout, rewards.finish(raw, valid, per_source), metrics
 

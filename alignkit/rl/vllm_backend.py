@@ -53,15 +53,19 @@ class VLLMServerClient:
         self._post("/reload_weights", {"path": path})
 
 
-def policy_weights(policy) -> dict[str, torch.Tensor]:
-    """The policy's weights named as in its Hugging Face checkpoint, LoRA merged in (the adapters are unmerged after)."""
+@contextlib.contextmanager
+def policy_weights(policy):
+    """The policy's weights named as in its Hugging Face checkpoint, LoRA merged in, for the block's duration.
+
+    The tensors are the live parameters, not copies (a float32 copy of a 135M model is 540 MB per sync): send or read
+    them inside the block, after which the adapters are unmerged again."""
     model = strip_wrappers(policy)
     merged = hasattr(model, "merge_adapter")
     if merged:
         model.merge_adapter()
     try:
         state = unwrap(model).state_dict()
-        return {name.replace(".base_layer", ""): tensor.detach().clone() for name, tensor in state.items() if "lora_" not in name}
+        yield {name.replace(".base_layer", ""): tensor.detach() for name, tensor in state.items() if "lora_" not in name}
     finally:
         if merged:
             model.unmerge_adapter()
@@ -102,11 +106,11 @@ class VLLMGenerator:
     def sync_weights(self, policy) -> dict:
         """Sends the policy's weights to vLLM and checks the probe; returns `vllm/*` metrics."""
         started = time.perf_counter()
-        weights = policy_weights(policy)
-        if self.sync_dir is None:
-            self.engine.load_weights(weights.items())
-        else:
-            self._send_file(weights)
+        with policy_weights(policy) as weights:
+            if self.sync_dir is None:
+                self.engine.load_weights(weights.items())
+            else:
+                self._send_file(weights)
         metrics = {"vllm/sync_s": time.perf_counter() - started}
         metrics.update(self.check_probe(policy, after="weight sync"))
         self.last_sync = metrics
@@ -117,7 +121,11 @@ class VLLMGenerator:
 
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         target, partial = self.sync_dir / "model.safetensors", self.sync_dir / "model.safetensors.partial"
-        contiguous = {name: tensor.contiguous() for name, tensor in weights.items()}
+        contiguous, seen = {}, set()
+        for name, tensor in weights.items():  # tied weights (lm_head = embed_tokens) share memory: written once, the first name
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                contiguous[name] = tensor.contiguous()
         save_file(contiguous, str(partial))
         os.replace(partial, target)  # the server never reads a half-written file
         self.engine.load_weights_from(str(target))
