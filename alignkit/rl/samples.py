@@ -44,7 +44,7 @@ def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, vali
     one whenever it scores at least `min_gap` under the best: the mistake an evaluation would see is pushed down
     rather than a worse sample the model rarely writes."""
     report = PairReport(prompts=len(rows), sample_score=scores[valid].mean().item() if valid.any() else float("nan"))
-    pairs = []
+    pairs, gap = [], max(min_gap, 1e-12)  # a pair needs some gap even at min_gap 0
     grouped, ok = scores.view(len(rows), samples), valid.view(len(rows), samples)
     for i, row in enumerate(rows):
         if ok[i].sum() < 2:
@@ -52,11 +52,11 @@ def pair_rows(rows: list[dict], responses: list[str], scores: torch.Tensor, vali
             continue
         best = int(grouped[i].masked_fill(~ok[i], float("-inf")).argmax())  # invalid samples take no part
         worst = int(grouped[i].masked_fill(~ok[i], float("inf")).argmin())
-        if greedy and ok[i, 0] and grouped[i, best] - grouped[i, 0] >= max(min_gap, 1e-12):
+        if greedy and ok[i, 0] and grouped[i, best] - grouped[i, 0] >= gap:
             worst = 0
         chosen, rejected = responses[i * samples + best], responses[i * samples + worst]
         high, low = float(grouped[i, best]), float(grouped[i, worst])
-        if high - low < max(min_gap, 1e-12) or chosen == rejected:
+        if high - low < gap or chosen == rejected:
             report.ties += 1
             continue
         extra = {k: v for k, v in row.items() if k not in ANSWER_COLUMNS and k != "prompt"}
@@ -107,8 +107,8 @@ def sample_scored(model, tokenizer, rows: list[dict], rewards, samples: int = 4,
             first = generate(model, tokenizer, ids[start:start + per_chunk], group_size=1, max_new_tokens=max_new_tokens,
                              temperature=0.0, bf16=bf16)
             order = [j for i in range(len(chunk)) for j in (len(texts) + i, *range(i * samples, (i + 1) * samples))]
-            texts, token_ids = [(texts + first.responses)[j] for j in order], [(token_ids + first.response_ids)[j] for j in order]
-            finished = [(finished + (first.finished | keep_truncated).tolist())[j] for j in order]
+            joined = (texts + first.responses, token_ids + first.response_ids, finished + (first.finished | keep_truncated).tolist())
+            texts, token_ids, finished = ([column[j] for j in order] for column in joined)
         group_size = samples + greedy
         for i, row in enumerate(chunk):
             group = range(i * group_size, (i + 1) * group_size)
