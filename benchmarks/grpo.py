@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/grpo.py                                  # embedded SmolLM2-135M, 8 prompts x G=4, 32 new tokens, LoRA r=16
     .venv/bin/python benchmarks/grpo.py --model tiny-llama --steps 2     # a quick smoke run
     .venv/bin/python benchmarks/grpo.py --group 8 --max-new-tokens 128 --gen-rounds 0 --rollout hf,vllm --rounds 3 \
-        --json runs/bench/grpo.json                                      # as run_all.py runs it: 8 x 8, 128 new tokens
+        --micro-batch 16 --fixed-length --json runs/bench/grpo.json      # as run_all.py runs it: 8 x 8, 128 new tokens
 
 1. Generation: the same P prompts x G sampled by `alignkit.rl.rollout.generate` (its own
    sampler: one prefill per prompt, finished rows dropped, inverse-CDF draws) and by a
@@ -19,7 +19,11 @@
    learning rate, gradient clipping 1.0, the hhh-mini gold judge as reward. A step is
    everything: sampling, reward, reference and policy forward, backward, optimizer.
    Mean over the steps after `--warmup` per run, median over `--rounds` runs (as in
-   `harness.py`). Sides, by rollout backend (`--rollout`, `ROLLOUT`):
+   `harness.py`). `--micro-batch M`: every side runs the P x G responses in forward/backward
+   pieces of M and takes one optimizer step (TRL: gradient accumulation, one generation per
+   step). `--fixed-length`: every response is exactly `--max-new-tokens` long on every side
+   (EOS suppressed), so the sides do the same token work whatever they sample.
+   `--gradient-checkpointing` turns it on for every side. Sides, by rollout backend (`--rollout`, `ROLLOUT`):
 
    - alignkit:       `alignkit.train.grpo` as shipped (`generation_backend: hf`, its own sampler).
    - trl:            `GRPOTrainer` with the same settings (transformers `generate`).
@@ -62,6 +66,11 @@ ROLLOUT = {"alignkit": "hf", "trl": "hf", "bare": "hf", "alignkit-vllm": "vllm",
 VLLM_MEMORY = 0.3  # share of GPU memory each vLLM side may take
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def micro_batch(args) -> int:
+    """Responses per forward/backward on every side; the P x G responses of a step accumulate into one optimizer step."""
+    return args.micro_batch or args.prompts * args.group
 
 
 def hhh_prompts(count: int) -> list[str]:
@@ -130,18 +139,22 @@ def bench_generation(args) -> dict:
 # ---------------------------------------------------------------- GRPO step: one side per process
 
 def run_alignkit(args, out: Path, backend: str) -> dict:
+    import alignkit.rl.rollout
     import alignkit.train
+
+    if args.fixed_length:  # no stop token: every response runs to max_new_tokens, as min_new_tokens does on the other sides
+        alignkit.rl.rollout.eos_token_ids = lambda model, tokenizer: set()
 
     data = out / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in hhh_prompts(args.prompts * (args.warmup + args.steps))))
     summary = alignkit.train.grpo(dict(
         model=args.model, data=str(data), reward_function="hhh-mini-gold", output_dir=str(out / "run"),
-        prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group,
+        prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new_tokens, batch_size=micro_batch(args),
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, learning_rate=1e-5,
         max_steps=args.warmup + args.steps, kl_coef=0.04, kl_estimator="k3", loss_aggregation="token_mean", max_grad_norm=1.0,
         mixed_precision="bf16" if args.precision == "bf16" else "no", temperature=1.0, top_p=1.0, report_to=["jsonl"],
         merge_lora=False, seed=0, generation_backend=backend, vllm_gpu_memory_utilization=VLLM_MEMORY,
-        gradient_checkpointing=True))  # as TRL's GRPOConfig defaults to: without it 8 x 8 x 128 needs ~20 GiB here (OOM)
+        gradient_checkpointing=args.gradient_checkpointing))
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "time/step_s" in m]
     return {"step_s": [m["time/step_s"] for m in steps], "length": [m["response/length"] for m in steps],
@@ -160,6 +173,8 @@ def run_bare(args) -> dict:
     tokenizer = load_tokenizer(args.model)
     model = get_peft_model(load_causal_lm(args.model).to(args.device), LoraConfig(
         r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0)
     prompts = hhh_prompts(args.prompts * (args.warmup + args.steps))
     prompt_ids, _, _ = encode_prompts(tokenizer, prompts, 256)
@@ -191,6 +206,7 @@ def bare_step(args, model, tokenizer, optimizer, prompts: list[str], prompt_ids:
     model.eval()
     with torch.no_grad(), autocast:
         sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
+                                   min_new_tokens=args.max_new_tokens if args.fixed_length else None,
                                    do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
     model.train()
     response = sequences[:, input_ids.shape[1]:]  # (N, R)
@@ -202,20 +218,22 @@ def bare_step(args, model, tokenizer, optimizer, prompts: list[str], prompt_ids:
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (N, T)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-    def response_logps():
-        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=response.shape[1] + 1).logits[:, :-1]  # (N, R, V)
-        return torch.log_softmax(logits.float(), -1).gather(-1, response[..., None]).squeeze(-1)  # (N, R)
+    def response_logps(rows: slice):
+        logits = model(input_ids=sequences[rows], attention_mask=attention_mask[rows], position_ids=position_ids[rows],
+                       logits_to_keep=response.shape[1] + 1).logits[:, :-1]  # (M, R, V)
+        return torch.log_softmax(logits.float(), -1).gather(-1, response[rows, :, None]).squeeze(-1)  # (M, R)
 
-    with autocast:
-        with torch.no_grad(), model.disable_adapter():
-            ref_logps = response_logps()
-        logps = response_logps()
-    log_ratio = (ref_logps - logps).clamp(-20, 20)
-    k3 = torch.exp(log_ratio) - log_ratio - 1  # (N, R)
-    per_token = -torch.exp(logps - logps.detach()) * advantages[:, None] + beta * k3
-    loss = (per_token * response_mask).sum() / response_mask.sum().clamp(min=1)
-    loss.backward()
+    tokens = response_mask.sum().clamp(min=1)
+    for start in range(0, len(sequences), micro_batch(args)):  # gradients accumulate over the micro-batches
+        rows = slice(start, start + micro_batch(args))
+        with autocast:
+            with torch.no_grad(), model.disable_adapter():
+                ref_logps = response_logps(rows)
+            logps = response_logps(rows)
+        log_ratio = (ref_logps - logps).clamp(-20, 20)
+        k3 = torch.exp(log_ratio) - log_ratio - 1  # (M, R)
+        per_token = -torch.exp(logps - logps.detach()) * advantages[rows, None] + beta * k3
+        ((per_token * response_mask[rows]).sum() / tokens).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -235,12 +253,14 @@ def run_trl(args, out: Path, vllm: bool) -> dict:
     prompts = hhh_prompts(args.prompts * (args.warmup + args.steps))
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     config = GRPOConfig(
-        output_dir=str(out / "trl"), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
+        output_dir=str(out / "trl"), per_device_train_batch_size=micro_batch(args), num_generations=args.group,
+        gradient_accumulation_steps=args.prompts * args.group // micro_batch(args), num_iterations=1,
+        max_completion_length=args.max_new_tokens,  # one generation of P x G per optimizer step (steps_per_generation = accumulation)
         temperature=1.0, top_p=1.0, top_k=0, beta=0.04, loss_type="dapo", scale_rewards="group", epsilon=0.2,
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=args.precision == "bf16",
         use_cpu=args.device == "cpu", max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
-        disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False, gradient_checkpointing=True,
+        disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False, gradient_checkpointing=args.gradient_checkpointing,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
         **(dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_MEMORY,
                 vllm_max_model_length=256 + args.max_new_tokens, vllm_importance_sampling_correction=False) if vllm else {}))
     timer = harness.step_timer()
@@ -310,7 +330,8 @@ def run_rounds(args, sides: list[str], skipped: dict) -> dict:
                 out.mkdir(parents=True)
                 argv = ["--out", str(out), "--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group),
                         "--max-new-tokens", str(args.max_new_tokens), "--lora-r", str(args.lora_r), "--steps", str(args.steps),
-                        "--warmup", str(args.warmup)]
+                        "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
+                        *(["--fixed-length"] if args.fixed_length else []), *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
                 try:
                     runs[side].append(harness.run_child(__file__, side, argv, device=args.device, precision=args.precision))
                 except SystemExit as failure:
@@ -381,6 +402,11 @@ def main() -> None:
     parser.add_argument("--sides", default="trl,alignkit,bare", help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--rollout", default="hf", help="comma-separated rollout backends, hf and/or vllm: vllm adds the -vllm "
                                                         "sides of the named ones (GPU and an importable vllm only; skipped otherwise)")
+    parser.add_argument("--micro-batch", type=int, default=0, help="responses per forward/backward on every side, accumulated into "
+                                                                       "one optimizer step per rollout (0: all P x G at once); must divide P x G")
+    parser.add_argument("--fixed-length", action="store_true", help="every response exactly --max-new-tokens on every side (EOS "
+                                                                   "suppressed: min_new_tokens for generate, no stop token for alignkit)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing on every side (TRL's default)")
     parser.add_argument("--json", help="also write the results here as JSON")
     harness.add_device_argument(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -388,6 +414,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         return child(args)
+    if (args.prompts * args.group) % micro_batch(args):
+        raise SystemExit(f"--micro-batch {args.micro_batch} must divide the {args.prompts * args.group} responses of a step")
     args.precision = harness.resolve_precision(args.precision, args.device)
     sides, skipped = chosen_sides(args)
     print(f"model {args.model}: {args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, "

@@ -66,13 +66,14 @@ STAGE_ARGS = {
     "reward": ["--steps", "2", "--warmup", "1"],
     "dpo": ["--batch-size", "4", "--steps", "2", "--warmup", "1", *DPO_SIDES],
     "grpo": ["--prompts", "8", "--group", "8", "--max-new-tokens", "128", "--steps", "2", "--warmup", "1", "--gen-rounds", "0",
-             "--rollout", "hf,vllm"],
+             "--rollout", "hf,vllm", "--micro-batch", "16", "--fixed-length"],
 }
 QUICK_ARGS = {
     "sft": ["--batch-size", "4", "--seq-len", "128", "--steps", "2", "--warmup", "1"],
     "reward": ["--batch-size", "4", "--steps", "2", "--warmup", "1"],
     "dpo": ["--batch-size", "4", "--steps", "2", "--warmup", "1", *DPO_SIDES],
-    "grpo": ["--prompts", "2", "--max-new-tokens", "8", "--steps", "2", "--warmup", "1", "--gen-rounds", "0", "--rollout", "hf,vllm"],
+    "grpo": ["--prompts", "2", "--max-new-tokens", "8", "--steps", "2", "--warmup", "1", "--gen-rounds", "0", "--rollout", "hf,vllm",
+             "--micro-batch", "4", "--fixed-length"],
 }
 # matmul sizes, warm-up and timed repetitions of the peak measurement; bf16 where it is emulated: small and short
 PEAK_ARGS = {"full": ((2048, 4096), 2, 5), "quick": ((512, 1024), 1, 3), "cuda": ((4096, 8192), 2, 5)}
@@ -94,8 +95,10 @@ NOTES = {
            "`alignkit-copy`, `trl` (`DPOTrainer` as shipped) and `bare` run a frozen reference copy every step.",
     "grpo": "A step is everything: sampling, reward, reference forward, policy forward and backward, optimizer. "
             "Rollout `hf`: alignkit's own sampler (`generation_backend: hf`) against TRL's and the bare loop's transformers "
-            "`generate`; `vllm`: both colocated on the GPU. The sides sample different responses, so their lengths differ "
-            "a little; MFU uses each side's own.",
+            "`generate`; `vllm`: both colocated on the GPU. Every response is exactly the maximum length on every side "
+            "(`--fixed-length`: EOS suppressed, `min_new_tokens` for `generate`), so each side does the same token work; "
+            "the 64 responses of a step run in micro-batches of 16 accumulated into one optimizer step on every side, "
+            "activation checkpointing off on every side.",
 }
 
 

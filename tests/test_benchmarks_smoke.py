@@ -193,6 +193,7 @@ def test_the_grpo_row_runs_at_realistic_settings_with_both_rollouts():
     args = run_all.STAGE_ARGS["grpo"]
     value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
     assert (value("--prompts"), value("--group"), value("--max-new-tokens"), value("--rollout")) == ("8", "8", "128", "hf,vllm")
+    assert value("--micro-batch") == "16" and "--fixed-length" in args  # the same token work on every side
     assert "trl-precompute" in run_all.STAGE_ARGS["dpo"][-1] and "alignkit-copy" in run_all.STAGE_ARGS["dpo"][-1]
 
 
@@ -204,7 +205,8 @@ def test_run_all_smallest_dpo_and_grpo_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all, "QUICK_ARGS", {
         "dpo": ["--batch-size", "1", "--steps", "1", "--warmup", "0", "--sides", dpo_sides],
         "grpo": ["--prompts", "1", "--group", "2", "--max-new-tokens", "2", "--steps", "1", "--warmup", "0", "--gen-rounds", "0",
-                 "--sides", "trl,alignkit" if trl else "alignkit", "--rollout", "hf,vllm"]})
+                 "--sides", "trl,alignkit,bare" if trl else "alignkit,bare", "--rollout", "hf,vllm", "--micro-batch", "1",
+                 "--fixed-length"]})
     monkeypatch.setattr(run_all, "PEAK_ARGS", dict.fromkeys(("full", "quick", "cuda"), ((64,), 0, 1)))
     monkeypatch.setattr(run_all, "EMULATED_PEAK_ARGS", ((32,), 0, 1))
     out, results = tmp_path / "bench.md", tmp_path / "results"
@@ -217,6 +219,7 @@ def test_run_all_smallest_dpo_and_grpo_rows(tmp_path, monkeypatch):
     assert {side: r["variant"] for side, r in dpo["sides"].items()} == {s: "copy" if "copy" in s or s == "trl" else "precompute"
                                                                       for s in dpo_sides.split(",")}
     assert set(grpo["skipped"]) == ({"alignkit-vllm", "trl-vllm"} if trl else {"alignkit-vllm"}) and "alignkit" in grpo["sides"]
+    assert {side: r["response_length"] for side, r in grpo["sides"].items()} == dict.fromkeys(grpo["sides"], 2.0)  # --fixed-length
     assert "| side | reference | step s (median of 1 runs) | pairs/s | vs TRL, like for like |" in text
     assert "Not run: alignkit-vllm: `import vllm` fails" in text or "Not run: alignkit-vllm: vLLM rollouts need a GPU" in text
     assert "MFU vs fp32 peak | MFU vs bf16 peak" in text and "**Measured matmul peaks**" in text
