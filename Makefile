@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/alignkit demo
 
+# the 15 slowest tests are listed at the end, to keep the suite within CI's 15 minutes
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 # Debian's chromium for the annotation app's browser test (Playwright's own browser
 # download cannot reach its host here); installed only when missing.

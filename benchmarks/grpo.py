@@ -158,7 +158,8 @@ def run_alignkit(args, out: Path, backend: str) -> dict:
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "time/step_s" in m]
     return {"step_s": [m["time/step_s"] for m in steps], "length": [m["response/length"] for m in steps],
-            "reward": [m["reward"] for m in steps], "final_reward": summary["final_reward"]}
+            "reward": [m["reward"] for m in steps], "final_reward": summary["final_reward"],
+            "generation_s": [m["time/generation_s"] for m in steps]}
 
 
 def run_bare(args) -> dict:
@@ -285,7 +286,8 @@ def child(args) -> None:
     lengths = [x for x in result["length"][args.warmup:] if x == x]
     harness.emit({"side": args.side, "step_seconds": result["step_s"][args.warmup:],
                   "response_length": statistics.fmean(lengths) if lengths else float("nan"),
-                  "reward": statistics.fmean(result["reward"][args.warmup:])})
+                  "reward": statistics.fmean(result["reward"][args.warmup:]),
+                  **({"generation_seconds": statistics.fmean(result["generation_s"][args.warmup:])} if "generation_s" in result else {})})
 
 
 # ---------------------------------------------------------------- main
@@ -357,6 +359,8 @@ def report(args, runs: dict, skipped: dict, generation: dict | None) -> dict:
         results[side] = harness.summarize(r, sequences, 6 * params * tokens)
         results[side].update(response_length=length, tokens_per_step=tokens, reward=statistics.fmean(x["reward"] for x in r),
                              variant=ROLLOUT[side])
+        if all("generation_seconds" in x for x in r):  # alignkit logs its sampling time; the rest of the step is training
+            results[side]["generation_seconds"] = statistics.median(x["generation_seconds"] for x in r)
     harness.write_json(args.json, {
         "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s", "device": args.device,
         "precision": args.precision, "variant": "rollout", "skipped": skipped,
@@ -374,10 +378,11 @@ def report(args, runs: dict, skipped: dict, generation: dict | None) -> dict:
 
 
 def print_table(results: dict, generation: dict | None) -> None:
-    print("\n| side | rollout | s/step (median of runs) | rollouts/s | mean response length | mean reward | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| side | rollout | s/step (median of runs) | of which sampling s | rollouts/s | mean response length | mean reward | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
-        print(f"| {side} | {ROLLOUT[side]} | {r['seconds_per_step']:.2f} | {r['throughput']:.2f} | {r['response_length']:.1f} | "
+        sampling = f"{r['generation_seconds']:.2f}" if "generation_seconds" in r else "not logged"
+        print(f"| {side} | {ROLLOUT[side]} | {r['seconds_per_step']:.2f} | {sampling} | {r['throughput']:.2f} | {r['response_length']:.1f} | "
               f"{r['reward']:.3f} | {r['peak_mib']:.0f} |")
     if generation:
         print(f"\ngeneration tokens/s: alignkit {generation['alignkit']:.1f}, bare generate {generation['bare']:.1f}, "

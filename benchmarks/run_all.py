@@ -79,7 +79,7 @@ QUICK_ARGS = {
 PEAK_ARGS = {"full": ((2048, 4096), 2, 5), "quick": ((512, 1024), 1, 3), "cuda": ((4096, 8192), 2, 5)}
 EMULATED_PEAK_ARGS = ((512, 1024), 1, 2)
 TITLES = {"sft": "SFT", "reward": "Reward model", "dpo": "DPO", "grpo": "GRPO"}
-GOALS = {"sft": 1.5, "reward": 1.5, "dpo": 2.0, "grpo": 2.0}  # alignkit throughput / TRL's, like for like
+GOALS = {"sft": 2.0, "reward": 2.0, "dpo": 2.0, "grpo": 2.0}  # alignkit throughput / TRL's, like for like (issue 20)
 BARE_GOAL = 0.9  # alignkit throughput / the bare loop's, like for like, every stage
 FAMILIES = {"trl": "TRL", "bare": "bare loop"}
 CROSS = {"dpo": [("alignkit", "trl")]}  # not like for like, shown labelled: earlier tables' DPO headline (precompute vs a copy)
@@ -425,6 +425,18 @@ def earlier_results(path: Path, model: str, skip: list[str]) -> dict:
 
 # ---------------------------------------------------------------- main
 
+def render_saved(path: Path, out: Path) -> None:
+    """`--render`: the section again from a finished run's JSON, with today's tables and goals; nothing is measured."""
+    if not path.is_file():
+        raise SystemExit(f"--render needs {path}: run benchmarks/run_all.py first")
+    saved = json.loads(path.read_text())
+    if "shown" not in saved:
+        raise SystemExit(f"{path} comes from a run_all.py without --render support: rerun the stages")
+    args = argparse.Namespace(shown=saved["shown"], precision=saved["machine"]["precision"])
+    write_section(out, render(saved["machine"], saved["peak"], saved["results"], args, saved["minutes"]))
+    print(f"rewrote the section of {out} from {path}")
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="sft,reward,dpo,grpo", help="comma-separated, from sft, reward, dpo, grpo")
@@ -437,6 +449,8 @@ def parse_args():
                         help="what every side trains in; auto (default): bf16 autocast where bf16 is native on --device, else fp32")
     parser.add_argument("--steps", type=int, help="measured steps per run for every stage (default: each stage's own)")
     parser.add_argument("--results-dir", help="where the stage JSON files go (default runs/bench, runs/bench-quick with --quick)")
+    parser.add_argument("--render", action="store_true", help="run nothing: rewrite the section from the last run's run_all.json "
+                                                              "(after a change to the tables or goals)")
     args = parser.parse_args()
     args.shown = ".venv/bin/python " + shlex.join(["benchmarks/run_all.py", *sys.argv[1:]])
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -456,6 +470,8 @@ def main() -> None:
     results_dir = Path(args.results_dir or ROOT / "runs" / ("bench-quick" if args.quick else "bench"))
     results_dir.mkdir(parents=True, exist_ok=True)
 
+    if args.render:
+        return render_saved(results_dir / "run_all.json", out)
     earlier = earlier_results(results_dir / "run_all.json", args.model, skip=args.stages)
     started = time.time()
     machine = describe_machine(args.device) | {"precision": args.precision}
@@ -472,8 +488,8 @@ def main() -> None:
     minutes = (time.time() - started) / 60
 
     results = {stage: fresh.get(stage) or earlier.get(stage) for stage in STAGE_ARGS if stage in fresh or stage in earlier}
-    (results_dir / "run_all.json").write_text(json.dumps({"model": args.model, "machine": machine, "peak": peak, "results": results},
-                                                         indent=1) + "\n")
+    (results_dir / "run_all.json").write_text(json.dumps({"model": args.model, "machine": machine, "peak": peak, "results": results,
+                                                          "shown": args.shown, "minutes": minutes}, indent=1) + "\n")
     section = render(machine, peak, results, args, minutes)
     write_section(out, section)
     print("\n" + section + f"\nwrote {out} in {minutes:.1f} min")

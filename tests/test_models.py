@@ -63,6 +63,23 @@ def test_token_logprobs_equal_full_log_softmax(tiny_path):
     torch.testing.assert_close(sequence_logprobs(logps, mask, average=True)[1], logps[1, 4:].mean())
 
 
+def test_entropy_carries_gradients_only_when_asked(tiny_path):
+    """As a metric the entropy builds no graph (TRL computes it under no_grad); an entropy bonus needs its gradient."""
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_path)
+    ids = torch.randint(0, 1000, (2, 7))
+    attention, mask = torch.ones_like(ids), torch.ones_like(ids)
+    logps, metric = token_logprobs(model, ids, attention, mask, with_entropy=True, entropy_grad=False)
+    _, bonus = token_logprobs(model, ids, attention, mask, with_entropy=True)
+    assert logps.requires_grad and not metric.requires_grad and bonus.requires_grad
+    assert torch.equal(metric, bonus.detach())
+    bonus.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    hot, _ = token_logprobs(model, ids, attention, mask, temperature=2.0)  # logits / T before the softmax
+    full = F.log_softmax(model(input_ids=ids, attention_mask=attention).logits.float() / 2.0, -1)
+    torch.testing.assert_close(hot[:, 1:], full[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), atol=1e-5, rtol=1e-5)
+
+
 def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_path):
     import shutil
 

@@ -65,22 +65,29 @@ def shared_prompt_hidden_states(model, input_ids, attention_mask, position_ids, 
     return torch.cat([prompts[inverse], responses], dim=1)  # (B, T, H)
 
 
-def _head_logprobs(head, hidden, targets, with_entropy: bool, temperature: float = 1.0):
-    """Log-probs (N,) of `targets` under head(hidden) (N, H), and entropies (N,) if asked, in chunks."""
+def _head_logprobs(head, hidden, targets, with_entropy: bool, temperature: float = 1.0, entropy_grad: bool = True):
+    """Log-probs (N,) of `targets` under head(hidden) (N, H), and entropies (N,) if asked, in chunks.
+
+    Entropies carry gradients only with `entropy_grad` (an entropy bonus in the loss); as a metric
+    they are computed without building their graph, as TRL does.
+    """
     logps, entropies = [], []
     for start in range(0, hidden.shape[0], CHUNK_ROWS):
-        logits = head(hidden[start:start + CHUNK_ROWS]).float() / temperature  # (n, V)
+        logits = head(hidden[start:start + CHUNK_ROWS]).float()  # (n, V)
+        if temperature != 1.0:  # x / 1.0 is x: skip a pass over the logits (and its backward)
+            logits = logits / temperature
         log_softmax = F.log_softmax(logits, dim=-1)
         logps.append(log_softmax.gather(-1, targets[start:start + CHUNK_ROWS, None]).squeeze(-1))
         if with_entropy:
-            entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
     logp = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
     entropy = torch.cat(entropies) if entropies else None
     return logp, entropy
 
 
 def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=None, with_entropy: bool = False, temperature: float = 1.0,
-                   prompt_mask=None):
+                   prompt_mask=None, entropy_grad: bool = True):
     """Log-prob of each token given the ones before it, at loss positions only.
 
     Args:
@@ -91,6 +98,7 @@ def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=Non
         temperature: logits are divided by it (RL scores sampled tokens at the sampling temperature).
         prompt_mask: (B, T) 1 on prompt tokens, which fill the leftmost columns: rows with the
             same prompt then share its forward (`shared_prompt_hidden_states`).
+        entropy_grad: whether the entropies carry gradients (False: a metric only).
 
     Returns:
         logps: (B, T) float32, log p(input_ids[b, t] | input_ids[b, :t]) where loss_mask is 1, else 0.
@@ -104,14 +112,15 @@ def token_logprobs(model, input_ids, attention_mask, loss_mask, position_ids=Non
         # FSDP keeps the head's weight sharded outside the wrapped forward, so the head must
         # run inside it: full logits, then log-softmax only at the scored positions.
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-        logp, entropy = _head_logprobs(torch.nn.Identity(), logits[batch_idx, pos_idx - 1], targets, with_entropy, temperature)
+        logp, entropy = _head_logprobs(torch.nn.Identity(), logits[batch_idx, pos_idx - 1], targets, with_entropy, temperature,
+                                       entropy_grad)
     else:
         hidden = None if prompt_mask is None else shared_prompt_hidden_states(model, input_ids, attention_mask, position_ids, prompt_mask)
         if hidden is None:
             hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
         head = unwrap(model).get_output_embeddings()
         selected = hidden[batch_idx, pos_idx - 1]  # (N, H): the state that predicts each scored token
-        logp, entropy = _head_logprobs(head, selected, targets, with_entropy, temperature)
+        logp, entropy = _head_logprobs(head, selected, targets, with_entropy, temperature, entropy_grad)
     logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     logps = logps.index_put((batch_idx, pos_idx), logp)
     if entropy is None:

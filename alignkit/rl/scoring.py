@@ -18,11 +18,11 @@ from alignkit.rl.rollout import Rollout, select
 from alignkit.rl.value_model import ValueHead, captured_head_inputs, scored_positions
 
 
-def batch_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-    """(N, T) log-probs (and entropies) of the response tokens of a `select`ed batch."""
+def batch_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True):
+    """(N, T) log-probs (and entropies, with gradients only if `entropy_grad`) of the response tokens of a `select`ed batch."""
     return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                           position_ids=batch["position_ids"], with_entropy=with_entropy, temperature=temperature,
-                          prompt_mask=batch.get("prompt_mask"))
+                          prompt_mask=batch.get("prompt_mask"), entropy_grad=entropy_grad)
 
 
 @torch.no_grad()
@@ -44,16 +44,17 @@ def rollout_logprobs(model, rollout: Rollout, batch_size: int, temperature: floa
     return out
 
 
-def logprobs_and_values(model, value_model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+def logprobs_and_values(model, value_model, batch: dict, temperature: float = 1.0, with_entropy: bool = False,
+                        entropy_grad: bool = True):
     """Log-probs (N, T), entropies (N, T) or None, and values (N, T) (None without a value model)."""
     if isinstance(value_model, ValueHead):
         with captured_head_inputs(model) as captured:
-            logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
+            logps, entropy = batch_logprobs(model, batch, temperature, with_entropy, entropy_grad)
         hidden = torch.cat(captured) if captured else logps.new_zeros(0, value_model.linear.in_features)
         rows, cols = scored_positions(batch["response_mask"])
         values = torch.zeros_like(logps).index_put((rows, cols), value_model(hidden).float())
         return logps, entropy, values
-    logps, entropy = batch_logprobs(model, batch, temperature, with_entropy)
+    logps, entropy = batch_logprobs(model, batch, temperature, with_entropy, entropy_grad)
     values = value_model(batch) if value_model is not None else None
     return logps, entropy, values
 

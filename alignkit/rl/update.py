@@ -42,7 +42,8 @@ def microbatch_loss(policy, value_model, batch: dict, config, kl_coef: float, co
     """Loss of one micro-batch (already divided by the minibatch's counts) and its metrics."""
     mask = batch["response_mask"].float()
     use_values = value_model is not None and "values" in batch
-    logps, entropy, values = logprobs_and_values(policy, value_model if use_values else None, batch, config.temperature, with_entropy=True)
+    logps, entropy, values = logprobs_and_values(policy, value_model if use_values else None, batch, config.temperature, with_entropy=True,
+                                                 entropy_grad=bool(config.ent_coef))  # without an entropy bonus, a metric only
     old_logps = batch["logps"] if "logps" in batch else logps.detach()
     policy_loss = POLICY_LOSSES[config.policy_loss]
     loss, metrics = policy_loss(logps, old_logps, batch["advantages"], mask, config.clip_range, config.clip_range_high or None,
