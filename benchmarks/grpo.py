@@ -22,7 +22,8 @@
    `harness.py`). `--micro-batch M`: every side runs the P x G responses in forward/backward
    pieces of M and takes one optimizer step (TRL: gradient accumulation, one generation per
    step). `--fixed-length`: every response is exactly `--max-new-tokens` long on every side
-   (EOS suppressed), so the sides do the same token work whatever they sample.
+   (EOS suppressed: `min_new_tokens` for `generate`, `min_tokens` for vLLM, no stop token for
+   alignkit's sampler), so the sides do the same token work whatever they sample.
    `--gradient-checkpointing` turns it on for every side. Sides, by rollout backend (`--rollout`, `ROLLOUT`):
 
    - alignkit:       `alignkit.train.grpo` as shipped (`generation_backend: hf`, its own sampler).
@@ -142,8 +143,14 @@ def run_alignkit(args, out: Path, backend: str) -> dict:
     import alignkit.rl.rollout
     import alignkit.train
 
-    if args.fixed_length:  # no stop token: every response runs to max_new_tokens, as min_new_tokens does on the other sides
+    if args.fixed_length and backend == "hf":  # no stop token: every response runs to max_new_tokens, as min_new_tokens does
         alignkit.rl.rollout.eos_token_ids = lambda model, tokenizer: set()
+    elif args.fixed_length:  # vLLM stops at the model's EOS whatever the stop ids: hold it back with min_tokens
+        import functools
+
+        import vllm
+
+        vllm.SamplingParams = functools.partial(vllm.SamplingParams, min_tokens=args.max_new_tokens)
 
     data = out / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in hhh_prompts(args.prompts * (args.warmup + args.steps))))
@@ -261,7 +268,7 @@ def run_trl(args, out: Path, vllm: bool) -> dict:
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=args.precision == "bf16",
         use_cpu=args.device == "cpu", max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
         disable_dropout=True, seed=0, dataloader_num_workers=0, log_completions=False, gradient_checkpointing=args.gradient_checkpointing,
-        generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
+        generation_kwargs={("min_tokens" if vllm else "min_new_tokens"): args.max_new_tokens} if args.fixed_length else None,
         **(dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_MEMORY,
                 vllm_max_model_length=256 + args.max_new_tokens, vllm_importance_sampling_correction=False) if vllm else {}))
     timer = harness.step_timer()
@@ -364,8 +371,12 @@ def report(args, runs: dict, skipped: dict, generation: dict | None) -> dict:
     harness.write_json(args.json, {
         "stage": "grpo", "command": harness.command_line(), "model": args.model, "unit": "rollouts/s", "device": args.device,
         "precision": args.precision, "variant": "rollout", "skipped": skipped,
-        "settings": f"{args.prompts} prompts x G={args.group}, {args.max_new_tokens} new tokens, LoRA r={args.lora_r}, "
-                    f"{harness.precision_text(args.precision)}, beta 0.04 (k3), AdamW; {args.steps} measured steps after "
+        "settings": f"{args.prompts} prompts x G={args.group}, "
+                    + (f"exactly {args.max_new_tokens} new tokens per response (EOS suppressed on every side)" if args.fixed_length
+                       else f"up to {args.max_new_tokens} new tokens") + f", LoRA r={args.lora_r}, "
+                    f"{harness.precision_text(args.precision)}, beta 0.04 (k3), AdamW; forward/backward in micro-batches of "
+                    f"{micro_batch(args)} responses, one optimizer step per rollout, activation checkpointing "
+                    f"{'on' if args.gradient_checkpointing else 'off'}, on every side; {args.steps} measured steps after "
                     f"{args.warmup} warm-up per run",
         "params": params, "tokens_per_step": statistics.fmean(x["tokens_per_step"] for x in results.values()) if results else 0,
         "prompt_length": prompt_length,

@@ -95,10 +95,8 @@ NOTES = {
            "`alignkit-copy`, `trl` (`DPOTrainer` as shipped) and `bare` run a frozen reference copy every step.",
     "grpo": "A step is everything: sampling, reward, reference forward, policy forward and backward, optimizer. "
             "Rollout `hf`: alignkit's own sampler (`generation_backend: hf`) against TRL's and the bare loop's transformers "
-            "`generate`; `vllm`: both colocated on the GPU. Every response is exactly the maximum length on every side "
-            "(`--fixed-length`: EOS suppressed, `min_new_tokens` for `generate`), so each side does the same token work; "
-            "the 64 responses of a step run in micro-batches of 16 accumulated into one optimizer step on every side, "
-            "activation checkpointing off on every side.",
+            "`generate`; `vllm`: both colocated on the GPU. With every response at the maximum length (`--fixed-length`) "
+            "and the same micro-batches, each side does the same token work.",
 }
 
 
