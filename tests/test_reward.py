@@ -215,6 +215,22 @@ def test_saved_reward_model_scores_the_same_in_plain_transformers(reward_run):
     torch.testing.assert_close(one_by_one, plain, atol=1e-5, rtol=1e-5)  # padding never moves the scored token
 
 
+def test_identical_answers_get_identical_scores(reward_run):
+    """Each distinct sequence is scored once: duplicates tie exactly, whatever batch they would have been padded in,
+    and the scores equal scoring the distinct answers alone."""
+    from alignkit.models.reward import RewardModel
+
+    root, _ = reward_run
+    model = RewardModel.load(str(root / "run"), bf16=False)
+    prompts = ["Tell me about snow.", "Tell me about tea.", "Tell me about snow.", "Tell me about tea.", "Tell me about snow."]
+    responses = ["Snow is frozen water.", "Tea is a drink made from leaves, steeped in hot water for a few minutes.",
+                 "Snow is frozen water.", "No.", "Snow is frozen water."]
+    scores = model.score(prompts, responses, batch_size=2).mean
+    assert scores[0] == scores[2] == scores[4] and scores[1] != scores[3]
+    alone = model.score(prompts[:2] + prompts[3:4], responses[:2] + responses[3:4], batch_size=2).mean
+    torch.testing.assert_close(scores[[0, 1, 3]], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_lora_trains_the_head_in_full(tmp_path, tiny_path, write_jsonl):
     from safetensors.torch import load_file
 

@@ -269,21 +269,29 @@ class RewardModel:
 
     @torch.no_grad()
     def score(self, prompts: list, responses: list[str], batch_size: int = 16, progress: bool = False) -> RewardScores:
-        """Scores each (prompt, response); prompts are strings or message lists. Batches are length-sorted."""
+        """Scores each (prompt, response); prompts are strings or message lists. Batches are length-sorted.
+
+        Each distinct token sequence is scored once and its score shared, so identical answers (an aligned
+        model's answers that equal the reference's, a group's repeated samples) get identical scores: a tie
+        is a tie, not a difference of a padding-dependent last bit.
+        """
         from tqdm.auto import tqdm
 
         ids = self.encode(prompts, responses)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        raw = torch.zeros(len(self.members), len(ids))  # (K, N)
+        slots: dict[tuple[int, ...], int] = {}
+        where = [slots.setdefault(tuple(seq), len(slots)) for seq in ids]  # (N,) each row's distinct sequence
+        distinct = [list(seq) for seq in slots]  # (U,) in order of first appearance
+        order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+        raw = torch.zeros(len(self.members), len(distinct))  # (K, U)
         batches = range(0, len(order), batch_size)
         for start in tqdm(batches, desc="scoring", disable=not progress, mininterval=2):
             chunk = order[start:start + batch_size]
-            input_ids, attention_mask = pad_right([ids[i] for i in chunk], self.tokenizer.pad_token_id)
+            input_ids, attention_mask = pad_right([distinct[i] for i in chunk], self.tokenizer.pad_token_id)
             input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
             for k, member in enumerate(self.members):
                 with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
                     raw[k, chunk] = sequence_rewards(member, input_ids, attention_mask).cpu()
-        members = raw - torch.tensor(self.offsets)[:, None]  # (K, N)
+        members = raw[:, where] - torch.tensor(self.offsets)[:, None]  # (K, N)
         std = members.std(0, unbiased=False) if len(self.members) > 1 else torch.zeros(len(ids))
         return RewardScores(mean=members.mean(0), std=std, members=members)
 
