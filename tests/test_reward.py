@@ -231,6 +231,28 @@ def test_identical_answers_get_identical_scores(reward_run):
     torch.testing.assert_close(scores[[0, 1, 3]], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_eval_scores_an_answer_two_models_share_once(reward_run, monkeypatch):
+    """The eval's RM win rate: where a policy answers exactly as the reference does, the answer is scored once and the
+    outcome is a tie (scored in separate batches, the embedded model's scores differed in the last bits)."""
+    import alignkit.models.reward as reward_module
+    from alignkit.config_pipeline import EvalConfig
+    from alignkit.evaluate.compare import score_all
+    from alignkit.evaluate.winrate import outcomes_from_scores
+
+    rows_scored = []
+    forward = reward_module.sequence_rewards
+    monkeypatch.setattr(reward_module, "sequence_rewards", lambda model, ids, mask: rows_scored.append(len(ids)) or forward(model, ids, mask))
+    root, _ = reward_run
+    rows = [{"prompt": f"Tell me about {topic}."} for topic in ("snow", "tea", "maps", "rain")]
+    answers = {"sft": ["Snow is cold.", "Tea is a drink.", "Maps show places.", "Rain is water."],
+               "policy": ["Snow is cold.", "No.", "Maps show places.", "Rain falls from clouds as drops of water."]}
+    config = EvalConfig(reward_model=str(root / "run"), gold="", batch_size=3, mixed_precision="no")
+    scores = score_all(answers, rows, config)
+    outcomes = outcomes_from_scores(scores["policy"]["reward"], scores["sft"]["reward"])
+    assert outcomes[0] == outcomes[2] == 0.5 and outcomes[1] != 0.5
+    assert sum(rows_scored) == 6  # 8 answers, 2 of them shared
+
+
 def test_lora_trains_the_head_in_full(tmp_path, tiny_path, write_jsonl):
     from safetensors.torch import load_file
 

@@ -143,10 +143,12 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[s
             scores[name]["gold"] = gold(prompts, texts, columns)
     if config.reward_model:
         model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
-        for name, texts in answers.items():
-            result = model.score(prompts, texts, batch_size=config.batch_size)
-            scores[name]["reward"] = result.mean.tolist()
-            scores[name]["reward_std"] = result.std.tolist()
+        # every model's answers in one call: an answer two models share is scored once, so it ties exactly
+        result = model.score(prompts * len(answers), [text for texts in answers.values() for text in texts], batch_size=config.batch_size)
+        for k, name in enumerate(answers):
+            part = slice(k * len(prompts), (k + 1) * len(prompts))
+            scores[name]["reward"] = result.mean[part].tolist()
+            scores[name]["reward_std"] = result.std[part].tolist()
         del model
         gc.collect()
     return scores
