@@ -280,7 +280,7 @@ class RewardModel:
         ids = self.encode(prompts, responses)
         slots: dict[tuple[int, ...], int] = {}
         where = [slots.setdefault(tuple(seq), len(slots)) for seq in ids]  # (N,) each row's distinct sequence
-        distinct = [list(seq) for seq in slots]  # (U,) in order of first appearance
+        distinct = list(slots)  # (U,) token tuples, in order of first appearance
         order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
         raw = torch.zeros(len(self.members), len(distinct))  # (K, U)
         batches = range(0, len(order), batch_size)
