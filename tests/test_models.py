@@ -93,3 +93,25 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_path):
         load_causal_lm(str(folder))
     model = load_causal_lm(str(folder), allow_unsafe_pickle=True)
     assert model.config.hidden_size == 64
+
+
+def test_generation_and_kl_autocast_bf16_only_where_it_is_native(tiny_path, tokenizer, monkeypatch):
+    """bf16=True (the default) autocasts only where bf16 is native: emulated bf16 (AVX2-only CPUs) is ~100x slower."""
+    from alignkit.evaluate.metrics import kl_to_reference
+    from alignkit.models import precision
+    from alignkit.models.generation import generate_answers
+
+    model = load_causal_lm(tiny_path)
+    real_autocast, bf16_autocasts = torch.autocast, []
+
+    def spy(device_type, dtype=None, enabled=True, **kwargs):
+        if dtype == torch.bfloat16:
+            bf16_autocasts.append(enabled)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    for native in (False, True):
+        monkeypatch.setattr(precision, "bf16_is_native", lambda device_type="cpu", native=native: native)
+        [answer] = generate_answers(model, tokenizer, ["Hi"], max_new_tokens=2)
+        kl_to_reference(model, model, tokenizer, ["Hi"], [answer or "x"])
+    assert bf16_autocasts == [False, False, False, True, True, True]  # generation, then the policy's and reference's log-probs

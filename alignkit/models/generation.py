@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from alignkit.data.tokenize import encode_prompt
+from alignkit.models.precision import autocast_bf16
 from alignkit.models.sampling import sample
 
 
@@ -19,7 +20,8 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
                      progress: bool = False) -> list[str]:
     """One answer per prompt (strings or message lists), decoded without special tokens.
 
-    Prompts are sorted by length so each batch pads little, then returned in input order.
+    Prompts are sorted by length so each batch pads little, then returned in input order. `bf16` autocasts only
+    where the device computes bf16 natively (`precision.autocast_bf16`), as sampling and scoring do.
     """
     from tqdm.auto import tqdm
 
@@ -32,7 +34,7 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, mininterval=2):
         idx = order[start:start + batch_size]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
             responses, _ = sample(model, [encoded[i] for i in idx], 1, max_new_tokens, temperature if do_sample else 0.0,
                                   top_p, {tokenizer.eos_token_id}, tokenizer.pad_token_id)
         for tokens, i in zip(responses, idx):
