@@ -25,7 +25,9 @@ class EvalConfig:
     judge_endpoint: str = option("", "An OpenAI-compatible judge endpoint instead of a local judge model.")
     constitution: str = option("", "The judge's constitution file; empty: configs/constitution.md.")
     max_new_tokens: int = option(48, "Longest answer (greedy decoding).", ge=1)
-    batch_size: int = option(16, "Prompts per generate call and sequences per scoring pass.", ge=1)
+    batch_size: int = option(16, "Sequences per scoring pass (reward model, KL), and prompts per generate call unless generation_batch_size is set.", ge=1)
+    generation_batch_size: int = option(0, "Prompts per generate call (0: batch_size). Finished answers leave the batch, so generation "
+                                           "gains from larger batches than scoring does.", ge=0, range_text="0 (batch_size) or a positive count")
     kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).", ge=0, range_text="0 (skip KL) or a positive count")
     tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).", ge=0)
     judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.", ge=0, lt=0.5)

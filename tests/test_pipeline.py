@@ -142,6 +142,25 @@ def test_eval_and_report_commands(tmp_path, tiny_path, write_jsonl, capsys):
     assert "nothing to judge the answers with" in capsys.readouterr().err
 
 
+def test_eval_generates_in_generation_batches_and_scores_in_batch_size(tmp_path, tiny_path, write_jsonl, monkeypatch):
+    """generation_batch_size sizes the generate calls (greedy and KL samples); batch_size still sizes scoring; 0 falls back."""
+    from alignkit.cli import main
+    from alignkit.evaluate import compare, metrics
+
+    generated, scored = [], []
+    real_generate, real_batch = compare.generate_answers, metrics.answer_batch
+    monkeypatch.setattr(compare, "generate_answers", lambda *a, **k: generated.append(k["batch_size"]) or real_generate(*a, **k))
+    monkeypatch.setattr(metrics, "answer_batch", lambda tokenizer, prompts, answers: scored.append(len(prompts)) or real_batch(tokenizer, prompts, answers))
+    prompts = write_jsonl([{"prompt": f"What is {i} + {i}?"} for i in range(5)], "prompts.jsonl")
+    common = ["--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts, "--gold", f"{__name__}:length_gold",
+              "--max-new-tokens", "3", "--mixed-precision", "no", "--batch-size", "2"]
+    assert main(["eval", *common, "--generation-batch-size", "5", "--out", str(tmp_path / "a")]) == 0
+    assert generated == [5, 5, 5] and scored == [2, 2, 1]  # greedy (reference, policy), then the KL samples, scored in 2s
+    generated.clear()
+    assert main(["eval", *common, "--out", str(tmp_path / "b")]) == 0
+    assert generated == [2, 2, 2]
+
+
 def length_gold(prompts, responses, **columns):
     return [-len(r) for r in responses]
 

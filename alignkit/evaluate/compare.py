@@ -91,7 +91,7 @@ def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], con
         return cached
     log.info(f"eval: {name} answers {len(rows)} prompts")
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=config.max_new_tokens,
-                               batch_size=config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+                               batch_size=config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
     _write_cache(file, key, rows, answers)
     return answers
 
@@ -104,7 +104,8 @@ def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
     prompts = [r["prompt"] for r in rows] * config.kl_samples
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        samples = generate_answers(policy, tokenizer, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+        samples = generate_answers(policy, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                                   batch_size=config.generation_batch_size or config.batch_size,
                                    do_sample=True, temperature=1.0, top_p=1.0, bf16=config.mixed_precision == "bf16")
     return kl_to_reference(policy, reference, tokenizer, prompts, samples, config.batch_size, config.mixed_precision == "bf16")["kl"]
 
