@@ -23,7 +23,7 @@ from alignkit.errors import AlignkitError
 from alignkit.data.tokenize import encode_completions
 from alignkit.losses.kl import kl_per_token
 from alignkit.models.logprobs import token_logprobs
-from alignkit.models.precision import autocast_bf16
+from alignkit.models.precision import bf16_autocast
 
 # Phrases that open or make a refusal. Matched case-insensitively anywhere in the answer,
 # so "I'm sorry, but I can't help with that" counts and "Sorry to hear that! Here is..." does not.
@@ -123,7 +123,7 @@ def _answer_token_logprobs(model, batch: dict, bf16: bool) -> torch.Tensor:
     batch = {k: v.to(device) for k, v in batch.items()}
     was_training = model.training
     model.eval()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
+    with bf16_autocast(bf16, device):
         logps, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])  # (B, T)
     model.train(was_training)
     return logps.float().cpu()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from alignkit.data.tokenize import encode_prompt
-from alignkit.models.precision import autocast_bf16
+from alignkit.models.precision import bf16_autocast
 from alignkit.models.sampling import sample
 
 
@@ -34,7 +34,7 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, mininterval=2):
         idx = order[start:start + batch_size]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
+        with bf16_autocast(bf16, device):
             responses, _ = sample(model, [encoded[i] for i in idx], 1, max_new_tokens, temperature if do_sample else 0.0,
                                   top_p, {tokenizer.eos_token_id}, tokenizer.pad_token_id)
         for tokens, i in zip(responses, idx):

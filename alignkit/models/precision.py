@@ -55,3 +55,9 @@ def _warn_emulated(key: str) -> None:
 def autocast_bf16(wanted: bool, device) -> bool:
     """Whether a `bf16=True` primitive (sampling, scoring, KL) autocasts on `device`: only where bf16 is native."""
     return bool(wanted) and bf16_is_native(torch.device(device).type)
+
+
+def bf16_autocast(wanted: bool, device):
+    """torch.autocast in bf16 on `device` when `wanted` and native there (`autocast_bf16`), else a disabled one."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(wanted, device))

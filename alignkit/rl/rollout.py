@@ -25,7 +25,7 @@ import torch
 from alignkit.data.collate import pad_sequences
 from alignkit.data.tokenize import TokenizeReport, encode_prompt
 from alignkit.errors import AlignkitError
-from alignkit.models.precision import autocast_bf16
+from alignkit.models.precision import bf16_autocast
 from alignkit.models.sampling import position_ids_from_mask, sample
 
 
@@ -154,7 +154,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int = 1,
     responses, finished = [], []
     per_chunk = max(1, batch_size // group_size) if batch_size else len(prompt_ids)
     for start in range(0, len(prompt_ids), per_chunk):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
+        with bf16_autocast(bf16, device):
             chunk_responses, chunk_finished = sample(model, prompt_ids[start:start + per_chunk], group_size, max_new_tokens,
                                                      temperature, top_p, eos, tokenizer.pad_token_id)
         responses += chunk_responses
