@@ -147,18 +147,19 @@ def test_eval_generates_in_generation_batches_and_scores_in_batch_size(tmp_path,
     from alignkit.cli import main
     from alignkit.evaluate import compare, metrics
 
-    generated, scored = [], []
-    real_generate, real_batch = compare.generate_answers, metrics.answer_batch
+    generated, sampled, scored = [], [], []
+    real_generate, real_sample, real_score = compare.generate_answers, metrics.sample, metrics._answer_token_logprobs
     monkeypatch.setattr(compare, "generate_answers", lambda *a, **k: generated.append(k["batch_size"]) or real_generate(*a, **k))
-    monkeypatch.setattr(metrics, "answer_batch", lambda tokenizer, prompts, answers: scored.append(len(prompts)) or real_batch(tokenizer, prompts, answers))
+    monkeypatch.setattr(metrics, "sample", lambda model, ids, *a, **k: sampled.append(len(ids)) or real_sample(model, ids, *a, **k))
+    monkeypatch.setattr(metrics, "_answer_token_logprobs", lambda model, batch, bf16: scored.append(len(batch["input_ids"])) or real_score(model, batch, bf16))
     prompts = write_jsonl([{"prompt": f"What is {i} + {i}?"} for i in range(5)], "prompts.jsonl")
     common = ["--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts, "--gold", f"{__name__}:length_gold",
               "--max-new-tokens", "3", "--mixed-precision", "no", "--batch-size", "2"]
     assert main(["eval", *common, "--generation-batch-size", "5", "--out", str(tmp_path / "a")]) == 0
-    assert generated == [5, 5, 5] and scored == [2, 2, 1]  # greedy (reference, policy), then the KL samples, scored in 2s
-    generated.clear()
+    assert generated == [5, 5] and sampled == [5] and scored == [2, 2, 1]  # greedy (reference, policy); KL samples, scored in 2s
+    generated.clear(), sampled.clear()
     assert main(["eval", *common, "--out", str(tmp_path / "b")]) == 0
-    assert generated == [2, 2, 2]
+    assert generated == [2, 2] and sampled == [2, 2, 1]
 
 
 def length_gold(prompts, responses, **columns):

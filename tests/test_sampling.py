@@ -101,3 +101,58 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-3, atol=1e-5)
     # the reference pass over a whole rollout takes the same path
     assert torch.allclose(rollout_logprobs(policy, rollout, batch_size=9), rollout_logprobs(policy, rollout, batch_size=1), atol=1e-4)
+
+
+def test_sampler_logprobs_are_the_models_logprobs_of_the_sampled_tokens(tiny_model, tokenizer):
+    """`logprobs=True` returns log-softmax of the untempered logits at each sampled token: what a full forward gives."""
+    from alignkit.data.collate import collate_prompt_completions
+    from alignkit.models.logprobs import token_logprobs
+
+    ids, _, _ = encode_prompts(tokenizer, PROMPTS, 64)
+    torch.manual_seed(0)
+    responses, finished, logps = sample(tiny_model, ids, group_size=2, max_new_tokens=10, temperature=0.7,
+                                        eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id, logprobs=True)
+    torch.manual_seed(0)
+    again, _ = sample(tiny_model, ids, group_size=2, max_new_tokens=10, temperature=0.7,
+                      eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id)
+    assert again == responses  # asking for log-probs draws the same tokens
+    prompts = [p for p in ids for _ in range(2)]
+    batch = collate_prompt_completions(prompts, responses, tokenizer.pad_token_id)
+    with torch.no_grad():
+        full, _ = token_logprobs(tiny_model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])  # (B, T)
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        assert len(logps[row]) == len(response)
+        expected = full[row, len(prompt):len(prompt) + len(response)]
+        torch.testing.assert_close(torch.tensor(logps[row]), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_sampled_kl_scores_the_sampled_tokens_under_both_models(tiny_path, tiny_model, tokenizer):
+    """KL(policy || reference) per answer = sum over the sampled tokens of log pi - log pi_ref (both from full
+    forwards here), and 0 for the policy against itself."""
+    import copy
+
+    from alignkit.data.collate import collate_prompt_completions
+    from alignkit.data.tokenize import encode_prompt
+    from alignkit.evaluate.metrics import sampled_kl
+    from alignkit.models.logprobs import token_logprobs
+
+    reference = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(1)
+    got = sampled_kl(tiny_model, reference, tokenizer, PROMPTS, max_new_tokens=8, batch_size=8, bf16=False)
+    encoded = [encode_prompt(tokenizer, p) for p in PROMPTS]
+    order = sorted(range(len(PROMPTS)), key=lambda i: len(encoded[i]))  # the batch sampled_kl drew
+    torch.manual_seed(1)
+    responses, _ = sample(tiny_model, [encoded[i] for i in order], 1, 8, 1.0, 1.0, {tokenizer.eos_token_id}, tokenizer.pad_token_id)
+    batch = collate_prompt_completions([encoded[i] for i in order], responses, tokenizer.pad_token_id)
+    with torch.no_grad():
+        sums = [token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])[0].sum(-1) for m in (tiny_model, reference)]
+    expected = [0.0] * len(PROMPTS)
+    for k, i in enumerate(order):
+        expected[i] = float(sums[0][k] - sums[1][k])
+    assert got["per_answer"] == pytest.approx(expected, abs=1e-4)
+    assert abs(got["kl"]) > 0.01  # the perturbed reference is another distribution
+    torch.manual_seed(1)
+    assert sampled_kl(tiny_model, tiny_model, tokenizer, PROMPTS, max_new_tokens=8, bf16=False)["per_answer"] == pytest.approx([0.0] * 3, abs=1e-4)

@@ -4,8 +4,8 @@
 
 1. every model answers every prompt greedily (cached in `<out>/answers/<name>.jsonl`, so a
    rerun or a resumed pipeline does not generate twice);
-2. each policy also samples `kl_samples` answers per prompt, scored under the policy and the
-   reference for KL(policy || reference) (k1, nats per answer);
+2. each policy also samples `kl_samples` answers per prompt for KL(policy || reference) (k1, nats per
+   answer): the policy's log-probs come from the sampling pass, the reference scores the sampled tokens;
 3. the answers are scored by the gold function, the reward model (ensemble mean and std) and,
    for each policy-reference pair, the pairwise judge in both orders (a local model, or an
    OpenAI-compatible endpoint: `judge_endpoint`, or a URL given as `judge`);
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from alignkit.errors import AlignkitError
-from alignkit.evaluate.metrics import kl_to_reference, sycophancy_rate, text_metrics, token_lengths
+from alignkit.evaluate.metrics import sampled_kl, sycophancy_rate, text_metrics, token_lengths
 from alignkit.evaluate.winrate import mean_ci, outcomes_from_judge, outcomes_from_scores, win_rate
 from alignkit.data.formats import load_dataset
 from alignkit.data.load import load_rows
@@ -100,14 +100,11 @@ def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
     """k1 KL(policy || reference), nats per answer, on `kl_samples` sampled answers per prompt."""
     import torch
 
-
     prompts = [r["prompt"] for r in rows] * config.kl_samples
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        samples = generate_answers(policy, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                                   batch_size=config.generation_batch_size or config.batch_size,
-                                   do_sample=True, temperature=1.0, top_p=1.0, bf16=config.mixed_precision == "bf16")
-    return kl_to_reference(policy, reference, tokenizer, prompts, samples, config.batch_size, config.mixed_precision == "bf16")["kl"]
+        return sampled_kl(policy, reference, tokenizer, prompts, config.max_new_tokens, config.generation_batch_size or config.batch_size,
+                          config.mixed_precision == "bf16", score_batch_size=config.batch_size)["kl"]
 
 
 def all_answers(models: dict[str, str], reference: str, rows: list[dict], config, out_dir: Path) -> tuple[dict, dict, object]:

@@ -20,10 +20,11 @@ import torch
 from alignkit.models.wrapping import adapters_disabled
 from alignkit.data.collate import collate_prompt_completions
 from alignkit.errors import AlignkitError
-from alignkit.data.tokenize import encode_completions
+from alignkit.data.tokenize import encode_completions, encode_prompt
 from alignkit.losses.kl import kl_per_token
 from alignkit.models.logprobs import token_logprobs
 from alignkit.models.precision import bf16_autocast
+from alignkit.models.sampling import sample
 
 # Phrases that open or make a refusal. Matched case-insensitively anywhere in the answer,
 # so "I'm sorry, but I can't help with that" counts and "Sorry to hear that! Here is..." does not.
@@ -146,4 +147,36 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence, answers: Se
         else:
             ref_logps = _answer_token_logprobs(reference, batch, bf16)
         per_answer += kl_per_token(logps, ref_logps, batch["loss_mask"].float(), "k1").sum(-1).tolist()  # (B,)
+    return {"kl": sum(per_answer) / len(per_answer) if per_answer else float("nan"), "per_answer": per_answer}
+
+
+@torch.no_grad()
+def sampled_kl(policy, reference, tokenizer, prompts: Sequence, max_new_tokens: int, batch_size: int = 16, bf16: bool = True,
+               score_batch_size: int = 0) -> dict:
+    """k1 KL(policy || reference) in nats per answer, on one answer per prompt sampled here from the policy (temperature 1).
+
+    The policy's log-probs are read off the decoding pass (`sample(..., logprobs=True)`), so only the reference runs
+    a forward, on exactly the sampled tokens: an EOS where the answer ended, none where `max_new_tokens` cut it (no
+    decode-and-re-encode round trip). `batch_size` prompts are sampled at once, and the reference scores them in
+    pieces of `score_batch_size` (0: all at once). Returns {"kl": mean, "per_answer": [...]}, in `prompts`' order.
+    """
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths together: little padding
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    per_answer = [0.0] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        with bf16_autocast(bf16, device):
+            responses, _, policy_logps = sample(policy, [encoded[i] for i in idx], 1, max_new_tokens, 1.0, 1.0,
+                                                {tokenizer.eos_token_id}, tokenizer.pad_token_id, logprobs=True)
+        step = score_batch_size or len(idx)
+        for first in range(0, len(idx), step):
+            part = idx[first:first + step]
+            batch = collate_prompt_completions([encoded[i] for i in part], responses[first:first + step], tokenizer.pad_token_id)
+            ref_logps = _answer_token_logprobs(reference, batch, bf16).sum(-1)  # (b,): zero off the answers
+            for k, i in enumerate(part):
+                per_answer[i] = sum(policy_logps[first + k]) - float(ref_logps[k])
+    policy.train(was_training)
     return {"kl": sum(per_answer) / len(per_answer) if per_answer else float("nan"), "per_answer": per_answer}

@@ -48,15 +48,18 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], group_size: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
-           top_p: float = 1.0, eos_ids: set[int] | None = None, pad_id: int = 0) -> tuple[list[list[int]], list[bool]]:
+           top_p: float = 1.0, eos_ids: set[int] | None = None, pad_id: int = 0, logprobs: bool = False):
     """`group_size` responses to each prompt, each up to and including its first EOS.
 
     Args:
         prompt_ids: token ids of each prompt (already through the chat template).
+        logprobs: also return each sampled token's log-prob under the model (log-softmax of its
+            logits, before temperature and top-p), read off the decoding pass: no second forward.
 
     Returns:
         (responses, finished): responses[i * G + g] is sample g of prompt i; finished
         says whether it ended with an EOS token (False: cut at `max_new_tokens`).
+        With `logprobs`, (responses, finished, token_logprobs), token_logprobs[i] a float per token of responses[i].
     """
     device = next(model.parameters()).device
     eos = torch.tensor(sorted(eos_ids or ()), dtype=torch.long, device=device)
@@ -74,9 +77,14 @@ def sample(model, prompt_ids: list[list[int]], group_size: int = 1, max_new_toke
     position = positions[:, -1:] + 1  # (B, 1)
     responses: list[list[int]] = [[] for _ in range(total)]
     finished = [False] * total
+    token_logps: list[list[float]] = [[] for _ in range(total)]
     for step in range(max_new_tokens):
         tokens = sample_tokens(logits, temperature, top_p)  # (B,)
         done = torch.isin(tokens, eos)  # (B,)
+        if logprobs:
+            chosen = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)  # (B,)
+            for row, logp in zip(rows.tolist(), chosen.tolist()):
+                token_logps[row].append(logp)
         for row, token, ended in zip(rows.tolist(), tokens.tolist(), done.tolist()):
             responses[row].append(token)
             finished[row] = ended
@@ -90,4 +98,4 @@ def sample(model, prompt_ids: list[list[int]], group_size: int = 1, max_new_toke
         logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=position, past_key_values=cache,
                        use_cache=True).logits[:, -1]
         position = position + 1
-    return responses, finished
+    return (responses, finished, token_logps) if logprobs else (responses, finished)
