@@ -122,8 +122,7 @@ def test_pad_token_is_not_eos(tiny_reward_model):
 
 
 def test_shared_prompt_rows_match_separate_sequences_and_swapping_flips_the_margin(tiny_reward_model):
-    from alignkit.models.reward import pad_right, sequence_rewards
-    from alignkit.models.reward import collate_pairs, pair_rewards
+    from alignkit.models.reward import collate_pairs, pad_right, pair_rewards
 
     model, tokenizer = tiny_reward_model
     rows = pairs(3, 0) + [{"prompt": "A much longer question about the moon and the tides?", "chosen": "", "rejected": "Tides."}]
@@ -134,11 +133,9 @@ def test_shared_prompt_rows_match_separate_sequences_and_swapping_flips_the_marg
         swapped = [{**e, "chosen_ids": e["rejected_ids"], "rejected_ids": e["chosen_ids"]} for e in examples]
         swapped_chosen, swapped_rejected = pair_rewards(model, collate_pairs(swapped, tokenizer.pad_token_id))
         ids, mask = pad_right([e["prompt_ids"] + e["chosen_ids"] for e in examples], tokenizer.pad_token_id)
-        alone = sequence_rewards(model, ids, mask)
-        plain = model(input_ids=ids, attention_mask=mask).logits[:, 0]  # transformers' own pooling
-    torch.testing.assert_close(chosen, alone, atol=1e-5, rtol=1e-5)
+        plain = model(input_ids=ids, attention_mask=mask).logits[:, 0]  # transformers' own pooling, one row per sequence
+    torch.testing.assert_close(chosen, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.stack([chosen, rejected]), torch.stack(classic), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(plain, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(swapped_chosen - swapped_rejected, -(chosen - rejected), atol=1e-5, rtol=1e-5)
     assert (chosen - rejected).abs().min() > 0  # a real (nonzero) margin was flipped
 
@@ -189,17 +186,25 @@ def test_critic_from_the_reward_model_starts_on_the_policys_reward_scale(reward_
     assert expected.std() > 0.5  # standardised scores, not raw ones (whose std is the model's own)
 
 
-def test_saved_reward_model_scores_the_same_in_plain_transformers(reward_run):
+def test_saved_reward_model_scores_the_same_in_plain_transformers(reward_run, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import alignkit.models.reward as reward_module
     from alignkit.models.reward import RewardModel
 
+    shared = []
+    forward = reward_module.shared_prompt_hidden_states
+    monkeypatch.setattr(reward_module, "shared_prompt_hidden_states", lambda *a: shared.append(forward(*a)) or shared[-1])
+
     root, _ = reward_run
-    prompts = ["Tell me about snow.", [{"role": "user", "content": "Tell me about tea."}], "Tell me about maps."]
-    responses = ["Happy to help! Here is a clear note about snow.", "No. I refuse to talk about tea, go away.", ""]
+    prompts = ["Tell me about snow.", [{"role": "user", "content": "Tell me about tea."}], "Tell me about maps.",
+               "Tell me about snow.", "Tell me about snow."]  # a prompt with three responses runs once for them
+    responses = ["Happy to help! Here is a clear note about snow.", "No. I refuse to talk about tea, go away.", "",
+                 "Snow.", "Snow is frozen water that falls from clouds in winter."]
     ours = RewardModel.load(str(root / "run"), bf16=False)  # a run directory finds its model/
-    scores = ours.score(prompts, responses, batch_size=2)
-    assert scores.members.shape == (1, 3) and torch.equal(scores.std, torch.zeros(3))
+    scores = ours.score(prompts, responses, batch_size=4)
+    assert scores.members.shape == (1, 5) and torch.equal(scores.std, torch.zeros(5))
+    assert any(hidden is not None for hidden in shared)  # the shared-prompt forward ran
     assert scores.mean[0] > scores.mean[1]
     assert ours.normalization["std"] > 0
 
@@ -240,8 +245,8 @@ def test_eval_scores_an_answer_two_models_share_once(reward_run, monkeypatch):
     from alignkit.evaluate.winrate import outcomes_from_scores
 
     rows_scored = []
-    forward = reward_module.sequence_rewards
-    monkeypatch.setattr(reward_module, "sequence_rewards", lambda model, ids, mask: rows_scored.append(len(ids)) or forward(model, ids, mask))
+    forward = reward_module.prompt_shared_rewards
+    monkeypatch.setattr(reward_module, "prompt_shared_rewards", lambda model, batch: rows_scored.append(len(batch["input_ids"])) or forward(model, batch))
     root, _ = reward_run
     rows = [{"prompt": f"Tell me about {topic}."} for topic in ("snow", "tea", "maps", "rain")]
     answers = {"sft": ["Snow is cold.", "Tea is a drink.", "Maps show places.", "Rain is water."],

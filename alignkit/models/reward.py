@@ -50,7 +50,8 @@ from alignkit.models.load import (
     DTYPES, adapter_base, add_lora, check_model_files, check_safe_weights, is_adapter_dir, load_causal_lm, load_tokenizer, read_json_config,
     resolve_model_path,
 )
-from alignkit.models.logprobs import final_hidden_states
+from alignkit.models.logprobs import final_hidden_states, shared_prompt_hidden_states
+from alignkit.models.sampling import position_ids_from_mask
 from alignkit.models.sequences import collate_sequences
 from alignkit.models.wrapping import disable_dropout, unwrap
 from alignkit.data.collate import pad_sequences
@@ -146,16 +147,50 @@ def score_head(model, hidden: torch.Tensor) -> torch.Tensor:
         return head(hidden.float()).squeeze(-1)
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Rewards (B,) of right-padded sequences (B, T), read at each one's last real token.
+def scoring_batches(rows: list[tuple[tuple, tuple]], batch_size: int) -> list[tuple[list[int], list[tuple]]]:
+    """(indices into `rows`, the rows to score) per batch, in the layout that computes fewer positions.
 
-    That is the token transformers' `...ForSequenceClassification` pools when the pad id
-    is not EOS (see the module doc), so float32 scores equal plain transformers' logits.
+    Shared: a prompt's responses side by side, its prompt computed once (`split_rows`); a batch costs its distinct
+    prompts times the widest prompt plus its responses times the widest response. That pays where a prompt has
+    several responses of similar length (every model's answer to one eval prompt), and not for a pair of a short
+    chosen and a long rejected answer, where the short one pads to the long one. Otherwise whole sequences, sorted
+    by length and right-padded: the prompt is left empty and the sequence is the response.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    last = attention_mask.sum(-1) - 1  # (B,)
-    hidden = out.hidden_states[-1][torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
-    return score_head(model, hidden)
+    longest: dict[tuple, int] = {}  # a prompt's responses pad to its longest: prompts are ordered by it
+    for prompt, response in rows:
+        longest[prompt] = max(longest.get(prompt, 0), len(response))
+    grouped = sorted(range(len(rows)), key=lambda i: (longest[rows[i][0]], len(rows[i][0]), rows[i][0], len(rows[i][1])), reverse=True)
+    by_length = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]) - len(rows[i][1]))
+    shared = [(chunk, [rows[i] for i in chunk]) for chunk in (grouped[s:s + batch_size] for s in range(0, len(rows), batch_size))]
+    whole = [(chunk, [((), rows[i][0] + rows[i][1]) for i in chunk]) for chunk in (by_length[s:s + batch_size] for s in range(0, len(rows), batch_size))]
+    cost = lambda batch: len({p for p, _ in batch}) * max(len(p) for p, _ in batch) + len(batch) * max(len(r) for _, r in batch)  # noqa: E731
+    return shared if sum(cost(b) for _, b in shared) < sum(cost(b) for _, b in whole) else whole
+
+
+def split_rows(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """(prompt ids, response ids) rows as left-padded prompts, then right-padded responses: input_ids, attention_mask,
+    prompt_mask and position_ids (B, T), and last (B,), each response's final token."""
+    prompt_width, response_width = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+    ids, mask, prompt_mask = [], [], []
+    for p, c in rows:
+        left, right = prompt_width - len(p), response_width - len(c)
+        ids.append([pad_id] * left + list(p) + list(c) + [pad_id] * right)
+        mask.append([0] * left + [1] * (len(p) + len(c)) + [0] * right)
+        prompt_mask.append([0] * left + [1] * len(p) + [0] * response_width)
+    attention = torch.tensor(mask)
+    return {"input_ids": torch.tensor(ids), "attention_mask": attention, "prompt_mask": torch.tensor(prompt_mask),
+            "position_ids": position_ids_from_mask(attention), "last": torch.tensor([prompt_width + len(c) - 1 for _, c in rows])}
+
+
+def prompt_shared_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rewards (B,) of a `split_rows` batch, read at each response's last token; rows that share a prompt run it
+    through the backbone once (`shared_prompt_hidden_states`), as RL batches do."""
+    backbone = unwrap(model).base_model
+    ids, mask, positions = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    hidden = shared_prompt_hidden_states(backbone, ids, mask, positions, batch["prompt_mask"])
+    if hidden is None:  # no two rows share a prompt
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    return score_head(model, hidden[torch.arange(hidden.shape[0], device=hidden.device), batch["last"]])
 
 
 # ---------------------------------------------------------------- saving
@@ -252,6 +287,10 @@ class RewardModel:
 
     def encode(self, prompts: list, responses: list) -> list[list[int]]:
         """Token ids of each prompt + response (+ EOS), as in training, truncated to the training max_length."""
+        return [p + c for p, c in self.encode_split(prompts, responses)]
+
+    def encode_split(self, prompts: list, responses: list) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, response ids + EOS) of each row, as `encode` joins them."""
         if len(prompts) != len(responses):
             raise AlignkitError(f"got {len(prompts)} prompts but {len(responses)} responses; score takes one prompt per response")
         groups: dict[str, list[int]] = {}
@@ -264,35 +303,32 @@ class RewardModel:
                 p = prompt_ids
                 if self.max_length:
                     p, (completion,), _ = fit_prompt_completions(prompt_ids, [completion], self.max_length, self.truncation_side)
-                ids[i] = p + completion
+                ids[i] = (p, completion)
         return ids
 
     @torch.no_grad()
     def score(self, prompts: list, responses: list[str], batch_size: int = 16, progress: bool = False) -> RewardScores:
-        """Scores each (prompt, response); prompts are strings or message lists. Batches are length-sorted.
+        """Scores each (prompt, response); prompts are strings or message lists.
 
         Each distinct token sequence is scored once and its score shared, so identical answers (an aligned
         model's answers that equal the reference's, a group's repeated samples) get identical scores: a tie
-        is a tie, not a difference of a padding-dependent last bit.
+        is a tie, not a difference of a padding-dependent last bit. Batches hold `batch_size` responses, laid out
+        as `scoring_batches` finds cheaper: a prompt run once for its responses, or whole sequences by length.
         """
         from tqdm.auto import tqdm
 
-        ids = self.encode(prompts, responses)
-        slots: dict[tuple[int, ...], int] = {}
-        where = [slots.setdefault(tuple(seq), len(slots)) for seq in ids]  # (N,) each row's distinct sequence
-        distinct = list(slots)  # (U,) token tuples, in order of first appearance
-        order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+        slots: dict[tuple, int] = {}
+        where = [slots.setdefault((tuple(p), tuple(c)), len(slots)) for p, c in self.encode_split(prompts, responses)]
+        distinct = list(slots)  # (U,) (prompt, response) token tuples, in order of first appearance
+        batches = scoring_batches(distinct, batch_size)
         raw = torch.zeros(len(self.members), len(distinct))  # (K, U)
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc="scoring", disable=not progress, mininterval=2):
-            chunk = order[start:start + batch_size]
-            input_ids, attention_mask = pad_right([distinct[i] for i in chunk], self.tokenizer.pad_token_id)
-            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        for chunk, rows in tqdm(batches, desc="scoring", disable=not progress, mininterval=2):
+            batch = {k: v.to(self.device) for k, v in split_rows(rows, self.tokenizer.pad_token_id).items()}
             for k, member in enumerate(self.members):
                 with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
-                    raw[k, chunk] = sequence_rewards(member, input_ids, attention_mask).cpu()
+                    raw[k, chunk] = prompt_shared_rewards(member, batch).cpu()
         members = raw[:, where] - torch.tensor(self.offsets)[:, None]  # (K, N)
-        std = members.std(0, unbiased=False) if len(self.members) > 1 else torch.zeros(len(ids))
+        std = members.std(0, unbiased=False) if len(self.members) > 1 else torch.zeros(len(where))
         return RewardScores(mean=members.mean(0), std=std, members=members)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
