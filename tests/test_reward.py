@@ -442,3 +442,15 @@ def test_real_model_reward_reaches_90_percent_on_hhh_mini(tmp_path, embedded_pat
                       "output_dir": str(tmp_path / "run"), "learning_rate": 5e-5, "max_steps": 30, "batch_size": 8,
                       "max_length": 256, "report_to": ["jsonl"], "normalization_pairs": 64})
     assert summary["eval/rewards/accuracy"] >= 0.9 and summary["eval/calibration/ece"] < 0.2
+
+
+def test_scoring_batches_pick_the_layout_that_computes_fewer_positions():
+    from alignkit.models.reward import scoring_batches
+
+    prompt = (1,) * 10
+    answers = [(prompt, (5,)), (prompt, (6,)), (prompt, (7, 7))]  # shared: 10 + 3 * 2 = 16 positions; whole: 3 * 12 = 36
+    [(chunk, rows)] = scoring_batches(answers, batch_size=3)
+    assert sorted(chunk) == [0, 1, 2] and all(p == prompt for p, _ in rows)
+    pairs = [((1,) * 4, (5,)), ((2,) * 4, (6,) * 10)]  # shared: 2 * 4 + 2 * 10 = 28; whole: 2 * 14 = 28, not fewer
+    [(chunk, rows)] = scoring_batches(pairs, batch_size=2)
+    assert chunk == [1, 0] and rows == [((), (2,) * 4 + (6,) * 10), ((), (1,) * 4 + (5,))]  # whole sequences, longest first

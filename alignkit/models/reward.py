@@ -163,8 +163,12 @@ def scoring_batches(rows: list[tuple[tuple, tuple]], batch_size: int) -> list[tu
     by_length = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]) - len(rows[i][1]))
     shared = [(chunk, [rows[i] for i in chunk]) for chunk in (grouped[s:s + batch_size] for s in range(0, len(rows), batch_size))]
     whole = [(chunk, [((), rows[i][0] + rows[i][1]) for i in chunk]) for chunk in (by_length[s:s + batch_size] for s in range(0, len(rows), batch_size))]
-    cost = lambda batch: len({p for p, _ in batch}) * max(len(p) for p, _ in batch) + len(batch) * max(len(r) for _, r in batch)  # noqa: E731
-    return shared if sum(cost(b) for _, b in shared) < sum(cost(b) for _, b in whole) else whole
+    return shared if sum(_positions(b) for _, b in shared) < sum(_positions(b) for _, b in whole) else whole
+
+
+def _positions(batch: list[tuple]) -> int:
+    """Positions a `split_rows` batch computes: each distinct prompt once at the widest prompt, each response at the widest response."""
+    return len({p for p, _ in batch}) * max(len(p) for p, _ in batch) + len(batch) * max(len(r) for _, r in batch)
 
 
 def split_rows(rows: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
