@@ -148,9 +148,9 @@ def test_eval_generates_in_generation_batches_and_scores_in_batch_size(tmp_path,
     from alignkit.evaluate import compare, metrics
 
     generated, sampled, scored = [], [], []
-    real_generate, real_sample, real_score = compare.generate_answers, metrics.sample, metrics._answer_token_logprobs
+    real_generate, real_batches, real_score = compare.generate_answers, metrics.sampled_batches, metrics._answer_token_logprobs
     monkeypatch.setattr(compare, "generate_answers", lambda *a, **k: generated.append(k["batch_size"]) or real_generate(*a, **k))
-    monkeypatch.setattr(metrics, "sample", lambda model, ids, *a, **k: sampled.append(len(ids)) or real_sample(model, ids, *a, **k))
+    monkeypatch.setattr(metrics, "sampled_batches", lambda *a, **k: (sampled.append(len(b[0])) or b for b in real_batches(*a, **k)))
     monkeypatch.setattr(metrics, "_answer_token_logprobs", lambda model, batch, bf16: scored.append(len(batch["input_ids"])) or real_score(model, batch, bf16))
     prompts = write_jsonl([{"prompt": f"What is {i} + {i}?"} for i in range(5)], "prompts.jsonl")
     common = ["--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts, "--gold", f"{__name__}:length_gold",

@@ -20,11 +20,11 @@ import torch
 from alignkit.models.wrapping import adapters_disabled
 from alignkit.data.collate import collate_prompt_completions
 from alignkit.errors import AlignkitError
-from alignkit.data.tokenize import encode_completions, encode_prompt
+from alignkit.data.tokenize import encode_completions
 from alignkit.losses.kl import kl_per_token
 from alignkit.models.logprobs import token_logprobs
 from alignkit.models.precision import bf16_autocast
-from alignkit.models.sampling import sample
+from alignkit.models.generation import sampled_batches
 
 # Phrases that open or make a refusal. Matched case-insensitively anywhere in the answer,
 # so "I'm sorry, but I can't help with that" counts and "Sorry to hear that! Here is..." does not.
@@ -160,23 +160,13 @@ def sampled_kl(policy, reference, tokenizer, prompts: Sequence, max_new_tokens: 
     decode-and-re-encode round trip). `batch_size` prompts are sampled at once, and the reference scores them in
     pieces of `score_batch_size` (0: all at once). Returns {"kl": mean, "per_answer": [...]}, in `prompts`' order.
     """
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths together: little padding
-    device = next(policy.parameters()).device
-    was_training = policy.training
-    policy.eval()
     per_answer = [0.0] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        with bf16_autocast(bf16, device):
-            responses, _, policy_logps = sample(policy, [encoded[i] for i in idx], 1, max_new_tokens, 1.0, 1.0,
-                                                {tokenizer.eos_token_id}, tokenizer.pad_token_id, logprobs=True)
+    for idx, prompt_ids, (responses, _, policy_logps) in sampled_batches(policy, tokenizer, prompts, max_new_tokens, batch_size,
+                                                                         bf16=bf16, logprobs=True):
         step = score_batch_size or len(idx)
         for first in range(0, len(idx), step):
-            part = idx[first:first + step]
-            batch = collate_prompt_completions([encoded[i] for i in part], responses[first:first + step], tokenizer.pad_token_id)
+            batch = collate_prompt_completions(prompt_ids[first:first + step], responses[first:first + step], tokenizer.pad_token_id)
             ref_logps = _answer_token_logprobs(reference, batch, bf16).sum(-1)  # (b,): zero off the answers
-            for k, i in enumerate(part):
+            for k, i in enumerate(idx[first:first + step]):
                 per_answer[i] = sum(policy_logps[first + k]) - float(ref_logps[k])
-    policy.train(was_training)
     return {"kl": sum(per_answer) / len(per_answer) if per_answer else float("nan"), "per_answer": per_answer}

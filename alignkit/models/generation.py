@@ -18,26 +18,37 @@ from alignkit.models.sampling import sample
 def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, batch_size: int = 16,
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, bf16: bool = True,
                      progress: bool = False) -> list[str]:
-    """One answer per prompt (strings or message lists), decoded without special tokens.
+    """One answer per prompt (strings or message lists), decoded without special tokens, in input order."""
+    answers: list[str] = [""] * len(prompts)
+    for idx, _, (responses, _) in sampled_batches(model, tokenizer, prompts, max_new_tokens, batch_size,
+                                                  temperature if do_sample else 0.0, top_p, bf16, progress=progress):
+        for tokens, i in zip(responses, idx):
+            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return answers
 
-    Prompts are sorted by length so each batch pads little, then returned in input order. `bf16` autocasts only
-    where the device computes bf16 natively (`precision.autocast_bf16`), as sampling and scoring do.
+
+def sampled_batches(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int, temperature: float = 1.0,
+                    top_p: float = 1.0, bf16: bool = True, logprobs: bool = False, progress: bool = False):
+    """Yields (indices into `prompts`, their prompt ids, `sample`'s output) for each batch of one answer per prompt.
+
+    Prompts go through the chat template and are sorted by length, so each batch pads little. The model is in eval
+    mode while this runs. `bf16` autocasts only where the device computes bf16 natively (`precision.autocast_bf16`),
+    as sampling and scoring do.
     """
     from tqdm.auto import tqdm
 
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, mininterval=2):
-        idx = order[start:start + batch_size]
-        with bf16_autocast(bf16, device):
-            responses, _ = sample(model, [encoded[i] for i in idx], 1, max_new_tokens, temperature if do_sample else 0.0,
-                                  top_p, {tokenizer.eos_token_id}, tokenizer.pad_token_id)
-        for tokens, i in zip(responses, idx):
-            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    model.train(was_training)
-    return answers
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, mininterval=2):
+            idx = order[start:start + batch_size]
+            prompt_ids = [encoded[i] for i in idx]
+            with bf16_autocast(bf16, device):
+                out = sample(model, prompt_ids, 1, max_new_tokens, temperature, top_p, {tokenizer.eos_token_id},
+                             tokenizer.pad_token_id, logprobs=logprobs)
+            yield idx, prompt_ids, out
+    finally:
+        model.train(was_training)
