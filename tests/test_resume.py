@@ -47,11 +47,12 @@ def _kill_at_a_random_step_then_resume(stage: str, args, tmp_path: Path, steps: 
     naming the kill step, for assertion messages.
 
     The draw leaves at least one checkpoint interval after the kill, so the run cannot finish before it lands.
-    Every run gets one thread: the same arithmetic in all three (bitwise), and much faster on busy shared cores.
+    Every run gets one thread: the same arithmetic in all three (bitwise), and the uninterrupted run and the one to be
+    killed run side by side, one core each.
     """
     cli, env = [sys.executable, "-m", "alignkit.cli", stage], {**os.environ, "OMP_NUM_THREADS": "1"}
     full, run = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(cli + args(full), check=True, capture_output=True, env=env)
+    uninterrupted = subprocess.Popen(cli + args(full), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
     kill_at = random.Random(f"{stage}-kill").randint(save_every + 1, steps - save_every)
     proc = subprocess.Popen(cli + args(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -60,6 +61,8 @@ def _kill_at_a_random_step_then_resume(stage: str, args, tmp_path: Path, steps: 
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _, stderr = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, stderr.decode()[-3000:]
     note = f"{stage} killed -9 after step {_last_logged_step(run)} (drawn: {kill_at}) of {steps}, checkpoints every {save_every}"
     assert proc.returncode == -signal.SIGKILL, f"the run finished before it could be killed; {note}"
     assert not (run / "model").exists() and _last_logged_step(run) < steps, note
