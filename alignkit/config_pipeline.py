@@ -29,6 +29,9 @@ class EvalConfig:
     generation_batch_size: int = option(0, "Prompts per generate call (0: batch_size). Finished answers leave the batch, so generation "
                                            "gains from larger batches than scoring does.", ge=0, range_text="0 (batch_size) or a positive count")
     kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).", ge=0, range_text="0 (skip KL) or a positive count")
+    gold_samples: int = option(0, "Answers sampled per prompt (temperature 1, as for KL) for each model's sampled gold: the gold "
+                                  "function's mean over them, the policy's expected gold (0: greedy gold only).", ge=0,
+                               range_text="0 (off) or a positive count")
     tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).", ge=0)
     judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.", ge=0, lt=0.5)
     confidence: float = option(0.95, "Confidence level of the bootstrap intervals.", gt=0, lt=1)
@@ -39,7 +42,7 @@ class EvalConfig:
     mixed_precision: str = option("auto", "Autocast for generation and scoring: auto (bf16 where the hardware computes it natively), bf16 or no.")
     chat_template: str = option("", "How prompts are rendered: empty follows each model's saved setting (auto for a model "
                                     "alignkit did not train), or auto, always, never for every model.")
-    seed: int = option(0, "Seed for the sampled (KL) answers and the bootstrap.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
+    seed: int = option(0, "Seed for the sampled answers (KL, sampled gold) and the bootstrap.", ge=0, lt=2**32, why="numpy and accelerate seed with a 32-bit unsigned number")
 
     def validate(self) -> None:
         choose(self, "mixed_precision", MIXED_PRECISION)

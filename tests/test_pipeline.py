@@ -162,6 +162,49 @@ def test_eval_generates_in_generation_batches_and_scores_in_batch_size(tmp_path,
     assert generated == [2, 2] and sampled == [2, 2, 1]
 
 
+def test_sampled_gold_is_the_gold_mean_over_each_prompts_samples_drawn_once_per_prompt(tmp_path, tiny_path, write_jsonl, monkeypatch):
+    """eval --gold-samples 3: each model samples 3 answers per prompt in one sampler call per batch (group_size 3, the
+    prompt prefilled once), each prompt's sampled gold is the gold function's mean over its 3 answers (columns passed
+    along), the paired difference and the table use it, and a rerun reuses the cached samples."""
+    from alignkit.cli import main
+    from alignkit.evaluate import compare
+    from alignkit.evaluate.compare import format_table
+    from alignkit.models import generation
+
+    groups = []
+    real_sample = generation.sample
+    monkeypatch.setattr(generation, "sample", lambda model, ids, group_size, *a, **k: groups.append((len(ids), group_size)) or real_sample(model, ids, group_size, *a, **k))
+    prompts = write_jsonl([{"prompt": f"What is {i} + {i}?", "weight": i + 1} for i in range(4)], "prompts.jsonl")
+    args = ["eval", "--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts, "--gold",
+            f"{__name__}:weighted_length_gold", "--max-new-tokens", "4", "--mixed-precision", "no", "--batch-size", "4",
+            "--kl-samples", "0", "--gold-samples", "3", "--seed", "5", "--out", str(tmp_path / "eval")]
+    assert main(args) == 0
+    assert groups.count((4, 3)) == 2 and groups.count((4, 1)) == 2  # per model: 4 prompts x 3 samples, and the greedy pass
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["gold_samples"] == 3
+    means = {}
+    for name in ("base", "mine"):
+        lines = (tmp_path / "eval" / "answers" / f"{name}.sampled.jsonl").read_text().splitlines()[1:]
+        samples = [json.loads(line)["answer"] for line in lines]
+        assert [len(s) for s in samples] == [3, 3, 3, 3]
+        means[name] = [sum(-len(a) * (i + 1) for a in s) / 3 for i, s in enumerate(samples)]
+        got = [row["scores"][name]["sampled_gold"] for row in results["samples"]]
+        assert got == pytest.approx(means[name])
+        assert results["models"][name]["sampled_gold"]["mean"] == pytest.approx(sum(means[name]) / 4)
+    assert results["models"]["mine"]["diff"]["sampled_gold"]["mean"] == pytest.approx(sum(m - b for m, b in zip(means["mine"], means["base"])) / 4)
+    table = format_table(results, ["base", "mine"])
+    assert "sampled - base [95% CI]" in table and "win (sampled)" in table and "over 3 answers per prompt sampled at temperature 1" in table
+
+    groups.clear()
+    monkeypatch.setattr(compare, "sample_answers", lambda *a, **k: pytest.fail("the cached samples were not reused"))
+    assert main(args) == 0 and (4, 3) not in groups
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == results["models"]
+
+
+def weighted_length_gold(prompts, responses, weight, **columns):
+    return [-len(r) * w for r, w in zip(responses, weight)]
+
+
 def length_gold(prompts, responses, **columns):
     return [-len(r) for r in responses]
 

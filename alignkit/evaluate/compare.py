@@ -6,6 +6,9 @@
    rerun or a resumed pipeline does not generate twice);
 2. each policy also samples `kl_samples` answers per prompt for KL(policy || reference) (k1, nats per
    answer): the policy's log-probs come from the sampling pass, the reference scores the sampled tokens;
+   with `gold_samples`, every model samples that many answers per prompt (temperature 1, cached beside the
+   greedy ones), and the gold function's mean over them is the model's sampled gold: its expected gold, what
+   RL raises, which greedy decoding can hide;
 3. the answers are scored by the gold function, the reward model (ensemble mean and std) and,
    for each policy-reference pair, the pairwise judge in both orders (a local model, or an
    OpenAI-compatible endpoint: `judge_endpoint`, or a URL given as `judge`);
@@ -32,7 +35,7 @@ from alignkit.data.load import load_rows
 from alignkit.evaluate.shift import reward_model_shift
 from alignkit.feedback.judge import bias_report, judge_pairs, make_judge, read_constitution
 from alignkit.io import write_json
-from alignkit.models.generation import generate_answers
+from alignkit.models.generation import generate_answers, sample_answers
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.models.reward import RewardModel
 from alignkit.rl.rewards import FunctionReward
@@ -60,7 +63,7 @@ def _cache_key(path: str, config, n: int) -> dict:
             "prompts": n, "data": config.data, "limit": config.limit}
 
 
-def _read_cache(file: Path, key: dict) -> list[str] | None:
+def _read_cache(file: Path, key: dict) -> list | None:
     if not file.is_file():
         return None
     lines = file.read_text().splitlines()
@@ -69,7 +72,7 @@ def _read_cache(file: Path, key: dict) -> list[str] | None:
     return [json.loads(line)["answer"] for line in lines[1:]]
 
 
-def _write_cache(file: Path, key: dict, rows: list[dict], answers: list[str]) -> None:
+def _write_cache(file: Path, key: dict, rows: list[dict], answers: list) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".tmp")
     tmp.write_text("\n".join([json.dumps({"key": key})] + [json.dumps({"prompt": r["prompt"], "answer": a}) for r, a in zip(rows, answers)]) + "\n")
@@ -96,6 +99,25 @@ def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], con
     return answers
 
 
+def sampled_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[list[str]]:
+    """`gold_samples` answers per prompt at temperature 1 (cached in `<out>/answers/<name>.sampled.jsonl`)."""
+    import torch
+
+    file = out_dir / "answers" / f"{name}.sampled.jsonl"
+    key = {**_cache_key(path, config, len(rows)), "samples": config.gold_samples, "seed": config.seed}
+    cached = _read_cache(file, key)
+    if cached is not None and len(cached) == len(rows):
+        log.info(f"eval: reusing {name}'s sampled answers from {file}")
+        return cached
+    log.info(f"eval: {name} samples {config.gold_samples} answers to each of {len(rows)} prompts")
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        answers = sample_answers(model, tokenizer, [r["prompt"] for r in rows], config.gold_samples, config.max_new_tokens,
+                                 config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+    _write_cache(file, key, rows, answers)
+    return answers
+
+
 def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
     """k1 KL(policy || reference), nats per answer, on `kl_samples` sampled answers per prompt."""
     import torch
@@ -107,10 +129,13 @@ def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
                           config.mixed_precision == "bf16", score_batch_size=config.batch_size)["kl"]
 
 
-def all_answers(models: dict[str, str], reference: str, rows: list[dict], config, out_dir: Path) -> tuple[dict, dict, object]:
-    """Greedy answers of every model, KL of every policy to the reference, and the reference's tokenizer."""
+def all_answers(models: dict[str, str], reference: str, rows: list[dict], config, out_dir: Path) -> tuple[dict, dict, dict, object]:
+    """Greedy answers of every model, its sampled answers (with `gold_samples` and a gold function), KL of every policy
+    to the reference, and the reference's tokenizer."""
+    sampling = bool(config.gold_samples and config.gold)
     ref_model, tokenizer = load_model(models[reference], config.chat_template)
     answers = {reference: greedy_answers(reference, models[reference], ref_model, tokenizer, rows, config, out_dir)}
+    samples = {reference: sampled_answers(reference, models[reference], ref_model, tokenizer, rows, config, out_dir)} if sampling else {}
     kls = {reference: 0.0}
     for name, path in models.items():
         if name == reference:
@@ -119,6 +144,8 @@ def all_answers(models: dict[str, str], reference: str, rows: list[dict], config
         if len(policy_tokenizer) != len(tokenizer):
             raise AlignkitError(f"{path} and the reference {models[reference]} use different tokenizers; KL needs the same vocabulary")
         answers[name] = greedy_answers(name, path, model, policy_tokenizer, rows, config, out_dir)
+        if sampling:
+            samples[name] = sampled_answers(name, path, model, policy_tokenizer, rows, config, out_dir)
         if config.kl_samples:
             log.info(f"eval: KL({name} || {reference}) on {config.kl_samples} sampled answer(s) per prompt")
             kls[name] = policy_kl(model, ref_model, tokenizer, rows, config)
@@ -126,19 +153,26 @@ def all_answers(models: dict[str, str], reference: str, rows: list[dict], config
         gc.collect()
     del ref_model
     gc.collect()
-    return answers, kls, tokenizer
+    return answers, samples, kls, tokenizer
 
 
 # ---------------------------------------------------------------- scores and comparisons
 
-def score_all(answers: dict[str, list[str]], rows: list[dict], config) -> dict[str, dict[str, list]]:
-    """{model: {"gold": [...], "reward": [...], "reward_std": [...]}} for the configured scorers."""
+def score_all(answers: dict[str, list[str]], rows: list[dict], config, samples: dict[str, list[list[str]]] | None = None) -> dict[str, dict[str, list]]:
+    """{model: {"gold": [...], "sampled_gold": [...], "reward": [...], "reward_std": [...]}} for the configured scorers;
+    sampled_gold, per prompt, is the gold function's mean over that model's `samples`."""
     prompts, columns = [r["prompt"] for r in rows], _columns(rows)
     scores = {name: {} for name in answers}
     if config.gold:
         gold = FunctionReward(config.gold)
         for name, texts in answers.items():
             scores[name]["gold"] = gold(prompts, texts, columns)
+        for name, per_prompt in (samples or {}).items():
+            counts = [len(s) for s in per_prompt]
+            repeat = lambda values: [v for v, n in zip(values, counts) for _ in range(n)]  # noqa: E731
+            flat = gold(repeat(prompts), [text for s in per_prompt for text in s], {k: repeat(v) for k, v in columns.items()})
+            ends = np.cumsum(counts)
+            scores[name]["sampled_gold"] = [float(np.mean(flat[end - n:end])) for end, n in zip(ends, counts)]
     if config.reward_model:
         model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
         # every model's answers in one call: an answer two models share is scored once, so it ties exactly
@@ -220,10 +254,11 @@ def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str
     if reference not in models:
         raise AlignkitError(f"the reference {reference!r} is not among the models {sorted(models)}")
     rows = load_eval_rows(config)
-    answers, kls, tokenizer = all_answers(models, reference, rows, config, out_dir)
-    scores = score_all(answers, rows, config)
+    answers, samples, kls, tokenizer = all_answers(models, reference, rows, config, out_dir)
+    scores = score_all(answers, rows, config, samples)
     judged = judge_outcomes(answers, reference, rows, config, judge_model) if (config.judge or config.judge_endpoint) else {}
     results = {"reference": reference, "paths": models, "prompts": len(rows), "data": config.data,
+               **({"gold_samples": config.gold_samples} if samples else {}),
                "models": add_sycophancy(compare_all(answers, scores, judged, kls, reference, tokenizer, config), answers, rows),
                "samples": [{"prompt": r["prompt"], **{k: r[k] for k in ("category",) if k in r},
                             "answers": {name: answers[name][i] for name in answers},
@@ -270,6 +305,14 @@ def format_table(results: dict, order: list[str] | None = None, ood: dict | None
             columns += [("OOD gold", 8, lambda n, m: f"{ood_models[n]['gold']['mean']:.3f}" if "gold" in ood_models.get(n, {}) else "-"),
                         (f"OOD - {reference} [95% CI]", 25,
                          lambda n, m: _ci(ood_models.get(n, {}).get("diff", {}).get("gold")) if n != reference else "(reference)")]
+    if has("sampled_gold"):  # the gold function's mean over each prompt's sampled answers: what RL optimizes
+        columns += [("sampled gold", 12, lambda n, m: f"{m['sampled_gold']['mean']:.3f}" if "sampled_gold" in m else "-"),
+                    (f"sampled - {reference} [95% CI]", 25,
+                     lambda n, m: _ci(m.get("diff", {}).get("sampled_gold")) if n != reference else "(reference)"),
+                    ("win (sampled)", 18, lambda n, m: _pct(m.get("win_rate", {}).get("sampled_gold")) if n != reference else "")]
+        if any("sampled_gold" in ood_models.get(n, {}) for n in names):
+            columns += [(f"OOD sampled - {reference} [95% CI]", 29,
+                         lambda n, m: _ci(ood_models.get(n, {}).get("diff", {}).get("sampled_gold")) if n != reference else "(reference)")]
     if has("reward"):
         columns += [("mean RM", 8, lambda n, m: f"{m['reward']['mean']:.3f}"),
                     ("win (RM)", 18, lambda n, m: _pct(m.get("win_rate", {}).get("reward")) if n != reference else "")]
@@ -287,7 +330,9 @@ def format_table(results: dict, order: list[str] | None = None, ood: dict | None
         cells = [cell(name, models[name]) for _, _, cell in columns]
         lines.append(" ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w, _)) in enumerate(zip(cells, columns))))
     ood_note = f" and {ood['prompts']} OOD prompts (held-out phrasings)" if ood_models else ""
-    lines.append(f"({results['prompts']} evaluation prompts{ood_note}; gold - {reference}: mean paired difference per prompt; win rates "
+    sampled_note = (f"; sampled gold: the gold function's mean over {results['gold_samples']} answers per prompt sampled at "
+                    f"temperature 1, greedy elsewhere" if has("sampled_gold") and results.get("gold_samples") else "")
+    lines.append(f"({results['prompts']} evaluation prompts{ood_note}{sampled_note}; gold - {reference}: mean paired difference per prompt; win rates "
                  f"count ties as half; 95% bootstrap intervals; KL(model || {reference}) in nats per sampled answer; length in tokens; "
                  f"syco: share of answers agreeing with a user's false claim)")
     return "\n".join(lines)

@@ -140,10 +140,11 @@ def _pct(w: dict) -> str:
 
 def results_section(results: dict) -> str:
     reference, models = results["reference"], results["models"]
-    rows = [(f"{name} vs {reference} ({scorer})", w["rate"], w["low"], w["high"])
+    label = lambda scorer: scorer.replace("_", " ")  # noqa: E731
+    rows = [(f"{name} vs {reference} ({label(scorer)})", w["rate"], w["low"], w["high"])
             for name, m in models.items() for scorer, w in m.get("win_rate", {}).items()]
-    scorers = sorted({s for m in models.values() for s in ("gold", "reward") if s in m})
-    head = "".join(f"<th>mean {s} [CI]</th><th>win vs {html.escape(reference)} ({s})</th>" for s in scorers)
+    scorers = [s for s in ("gold", "sampled_gold", "reward") if any(s in m for m in models.values())]
+    head = "".join(f"<th>mean {label(s)} [CI]</th><th>win vs {html.escape(reference)} ({label(s)})</th>" for s in scorers)
     judge = any("judge" in m.get("win_rate", {}) for m in models.values())
     head += "<th>win (judge)</th>" if judge else ""
     syco = any("sycophancy_rate" in m for m in models.values())
@@ -170,7 +171,9 @@ def results_section(results: dict) -> str:
     parts = [f"<h2>Evaluation on {results.get('prompts', '?')} held-out prompts</h2>",
              f'<div class="charts">{interval_chart("Win rate against " + reference + " (95% CI; ties count half)", rows)}</div>',
              "\n".join(table),
-             f'<p class="muted">KL(model || {html.escape(reference)}) is the k1 estimate on sampled answers, nats per answer.</p>']
+             f'<p class="muted">KL(model || {html.escape(reference)}) is the k1 estimate on sampled answers, nats per answer.'
+             + (f" Sampled gold: the gold function's mean over {results['gold_samples']} answers per prompt sampled at temperature 1 "
+                f"(the policy's expected gold); gold alone scores the greedy answer." if results.get("gold_samples") else "") + "</p>"]
     for name, m in models.items():
         if m.get("judge_bias"):
             b = m["judge_bias"]

@@ -27,9 +27,23 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
     return answers
 
 
+@torch.no_grad()
+def sample_answers(model, tokenizer, prompts: list, samples: int, max_new_tokens: int = 64, batch_size: int = 16,
+                   temperature: float = 1.0, top_p: float = 1.0, bf16: bool = True, progress: bool = False) -> list[list[str]]:
+    """`samples` answers per prompt, decoded without special tokens: answers[i] holds prompt i's, in input order.
+    Each prompt is prefilled once for all its samples; `batch_size` prompts go to each sampler call."""
+    answers: list[list[str]] = [[] for _ in prompts]
+    for idx, _, (responses, _) in sampled_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, top_p, bf16,
+                                                  progress=progress, group_size=samples):
+        for k, tokens in enumerate(responses):  # sample g of the j-th prompt is row j * samples + g
+            answers[idx[k // samples]].append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return answers
+
+
 def sampled_batches(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int, temperature: float = 1.0,
-                    top_p: float = 1.0, bf16: bool = True, logprobs: bool = False, progress: bool = False):
-    """Yields (indices into `prompts`, their prompt ids, `sample`'s output) for each batch of one answer per prompt.
+                    top_p: float = 1.0, bf16: bool = True, logprobs: bool = False, progress: bool = False, group_size: int = 1):
+    """Yields (indices into `prompts`, their prompt ids, `sample`'s output) for each batch of `batch_size` prompts,
+    `group_size` answers to each.
 
     Prompts go through the chat template and are sorted by length, so each batch pads little. The model is in eval
     mode while this runs. `bf16` autocasts only where the device computes bf16 natively (`precision.autocast_bf16`),
@@ -47,7 +61,7 @@ def sampled_batches(model, tokenizer, prompts: list, max_new_tokens: int, batch_
             idx = order[start:start + batch_size]
             prompt_ids = [encoded[i] for i in idx]
             with bf16_autocast(bf16, device):
-                out = sample(model, prompt_ids, 1, max_new_tokens, temperature, top_p, {tokenizer.eos_token_id},
+                out = sample(model, prompt_ids, group_size, max_new_tokens, temperature, top_p, {tokenizer.eos_token_id},
                              tokenizer.pad_token_id, logprobs=logprobs)
             yield idx, prompt_ids, out
     finally:
