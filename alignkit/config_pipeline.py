@@ -49,6 +49,9 @@ class EvalConfig:
         self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
         if self.chat_template:
             choose(self, "chat_template", CHAT_TEMPLATE_MODES)
+        if self.gold_samples and not self.gold:
+            raise AlignkitError(f"gold_samples is {self.gold_samples} but there is no gold function to score the sampled answers: "
+                                f"set gold (module:function, path/file.py:function or hhh-mini-gold) or gold_samples: 0")
 
 
 PIPELINE_STAGES = ("sft", "samples", "reward", "rs", "policy", "dpo", "eval", "report")  # the usual order; ppo/grpo name the policy stage

@@ -201,6 +201,13 @@ def test_sampled_gold_is_the_gold_mean_over_each_prompts_samples_drawn_once_per_
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == results["models"]
 
 
+def test_sampled_gold_without_a_gold_function_is_refused_before_anything_runs():
+    from alignkit.config_pipeline import EvalConfig
+
+    with pytest.raises(AlignkitError, match=r"gold_samples is 4 but there is no gold function .* set gold .* or gold_samples: 0"):
+        config_from_dict(EvalConfig, {"data": "prompts.jsonl", "gold_samples": 4})
+
+
 def weighted_length_gold(prompts, responses, weight, **columns):
     return [-len(r) * w for r, w in zip(responses, weight)]
 
