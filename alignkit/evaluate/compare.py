@@ -86,36 +86,39 @@ def load_model(path: str, chat_template: str = ""):
     return model, load_tokenizer(path, chat_template=chat_template or None)
 
 
-def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[str]:
-    file, key = out_dir / "answers" / f"{name}.jsonl", _cache_key(path, config, len(rows))
+def _cached_answers(file: Path, key: dict, rows: list[dict], what: str, answer) -> list:
+    """`answer()`'s answers to `rows`, or those `file` holds under the same `key` (a rerun does not generate twice)."""
     cached = _read_cache(file, key)
     if cached is not None and len(cached) == len(rows):
-        log.info(f"eval: reusing {name}'s answers from {file}")
+        log.info(f"eval: reusing {what} from {file}")
         return cached
-    log.info(f"eval: {name} answers {len(rows)} prompts")
-    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=config.max_new_tokens,
-                               batch_size=config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+    log.info(f"eval: {what}")
+    answers = answer()
     _write_cache(file, key, rows, answers)
     return answers
+
+
+def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[str]:
+    return _cached_answers(out_dir / "answers" / f"{name}.jsonl", _cache_key(path, config, len(rows)), rows,
+                           f"{name}'s answers to {len(rows)} prompts",
+                           lambda: generate_answers(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=config.max_new_tokens,
+                                                    batch_size=config.generation_batch_size or config.batch_size,
+                                                    bf16=config.mixed_precision == "bf16", progress=True))
 
 
 def sampled_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[list[str]]:
     """`gold_samples` answers per prompt at temperature 1 (cached in `<out>/answers/<name>.sampled.jsonl`)."""
     import torch
 
-    file = out_dir / "answers" / f"{name}.sampled.jsonl"
+    def answer():
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            return sample_answers(model, tokenizer, [r["prompt"] for r in rows], config.gold_samples, config.max_new_tokens,
+                                  config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+
     key = {**_cache_key(path, config, len(rows)), "samples": config.gold_samples, "seed": config.seed}
-    cached = _read_cache(file, key)
-    if cached is not None and len(cached) == len(rows):
-        log.info(f"eval: reusing {name}'s sampled answers from {file}")
-        return cached
-    log.info(f"eval: {name} samples {config.gold_samples} answers to each of {len(rows)} prompts")
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        answers = sample_answers(model, tokenizer, [r["prompt"] for r in rows], config.gold_samples, config.max_new_tokens,
-                                 config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
-    _write_cache(file, key, rows, answers)
-    return answers
+    return _cached_answers(out_dir / "answers" / f"{name}.sampled.jsonl", key, rows,
+                           f"{name}'s {config.gold_samples} sampled answers to each of {len(rows)} prompts", answer)
 
 
 def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
@@ -167,12 +170,11 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config, samples: 
         gold = FunctionReward(config.gold)
         for name, texts in answers.items():
             scores[name]["gold"] = gold(prompts, texts, columns)
-        for name, per_prompt in (samples or {}).items():
-            counts = [len(s) for s in per_prompt]
-            repeat = lambda values: [v for v, n in zip(values, counts) for _ in range(n)]  # noqa: E731
-            flat = gold(repeat(prompts), [text for s in per_prompt for text in s], {k: repeat(v) for k, v in columns.items()})
-            ends = np.cumsum(counts)
-            scores[name]["sampled_gold"] = [float(np.mean(flat[end - n:end])) for end, n in zip(ends, counts)]
+        for name, per_prompt in (samples or {}).items():  # (N, K) answers: K per prompt, each scored with its row's columns
+            k = len(per_prompt[0])
+            repeat = lambda values: [v for v in values for _ in range(k)]  # noqa: E731
+            flat = gold(repeat(prompts), [text for texts in per_prompt for text in texts], {c: repeat(v) for c, v in columns.items()})
+            scores[name]["sampled_gold"] = np.asarray(flat, float).reshape(len(prompts), k).mean(1).tolist()
     if config.reward_model:
         model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
         # every model's answers in one call: an answer two models share is scored once, so it ties exactly

@@ -19,12 +19,8 @@ def generate_answers(model, tokenizer, prompts: list, max_new_tokens: int = 64, 
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, bf16: bool = True,
                      progress: bool = False) -> list[str]:
     """One answer per prompt (strings or message lists), decoded without special tokens, in input order."""
-    answers: list[str] = [""] * len(prompts)
-    for idx, _, (responses, _) in sampled_batches(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                                  temperature if do_sample else 0.0, top_p, bf16, progress=progress):
-        for tokens, i in zip(responses, idx):
-            answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return answers
+    return [answers[0] for answers in sample_answers(model, tokenizer, prompts, 1, max_new_tokens, batch_size,
+                                                     temperature if do_sample else 0.0, top_p, bf16, progress)]
 
 
 @torch.no_grad()
