@@ -29,9 +29,12 @@ class EvalConfig:
     generation_batch_size: int = option(0, "Prompts per generate call (0: batch_size). Finished answers leave the batch, so generation "
                                            "gains from larger batches than scoring does.", ge=0, range_text="0 (batch_size) or a positive count")
     kl_samples: int = option(1, "Sampled answers per prompt for KL(policy || reference) (0: skip KL).", ge=0, range_text="0 (skip KL) or a positive count")
-    gold_samples: int = option(0, "Answers sampled per prompt (temperature 1, as for KL) for each model's sampled gold: the gold "
+    gold_samples: int = option(0, "Answers sampled per prompt (at gold_temperature) for each model's sampled gold: the gold "
                                   "function's mean over them, the policy's expected gold (0: greedy gold only).", ge=0,
                                range_text="0 (off) or a positive count")
+    gold_temperature: float = option(1.0, "Sampling temperature of the gold_samples answers (1: the policy's own distribution, what "
+                                          "rollouts and the KL estimate sample; lower: closer to greedy).", gt=0,
+                                     why="temperature 0 is greedy decoding, which the gold column already scores")
     tie_margin: float = option(0.0, "Score differences at or below this are ties (reward model and gold).", ge=0)
     judge_tie_margin: float = option(0.05, "A judge probability within this of 0.5 (after averaging both orders) is a tie.", ge=0, lt=0.5)
     confidence: float = option(0.95, "Confidence level of the bootstrap intervals.", gt=0, lt=1)

@@ -402,7 +402,7 @@ def run_pipeline(config: PipelineConfig, force: tuple[str, ...] = ()) -> dict:
         ood = json.loads(ood_file.read_text()) if ood_file.is_file() else None
         record["table"] = format_table(results, [n for n in ("base", "sft", "rs", config.policy, "dpo") if n in results["models"]], ood)
         record["results"] = {"models": results["models"], "reference": results["reference"], "prompts": results["prompts"],
-                             **{k: results[k] for k in ("gold_samples",) if k in results}}
+                             **{k: results[k] for k in ("gold_samples", "gold_temperature") if k in results}}
         if ood:
             record["results"]["ood"] = {"models": ood["models"], "prompts": ood["prompts"], "shift": ood.get("shift")}
     write_json(work / "pipeline.json", record)

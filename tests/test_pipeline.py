@@ -201,6 +201,44 @@ def test_sampled_gold_is_the_gold_mean_over_each_prompts_samples_drawn_once_per_
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == results["models"]
 
 
+def test_sampled_gold_samples_at_gold_temperature_and_resamples_when_it_changes(tmp_path, tiny_path, write_jsonl, monkeypatch):
+    """--gold-temperature reaches the sampler (near 0 the samples are the greedy answer), is part of the cache key (another
+    temperature samples again) and is named in results.json and the table."""
+    from alignkit.cli import main
+    from alignkit.evaluate.compare import format_table
+    from alignkit.models import generation
+
+    temperatures = []
+    real_sample = generation.sample
+    monkeypatch.setattr(generation, "sample", lambda model, ids, group_size, max_new, temperature, *a, **k:
+                        temperatures.append((group_size, temperature)) or real_sample(model, ids, group_size, max_new, temperature, *a, **k))
+    prompts = write_jsonl([{"prompt": f"What is {i} + {i}?"} for i in range(4)], "prompts.jsonl")
+    args = ["eval", "--policy", f"mine={tiny_path}", "--reference", f"base={tiny_path}", "--data", prompts, "--gold",
+            f"{__name__}:length_gold", "--max-new-tokens", "4", "--mixed-precision", "no", "--batch-size", "4",
+            "--kl-samples", "0", "--gold-samples", "3", "--out", str(tmp_path / "eval")]
+    assert main([*args, "--gold-temperature", "0.0001"]) == 0
+    assert temperatures.count((3, 0.0001)) == 2 and temperatures.count((1, 0.0)) == 2  # sampled and greedy, per model
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["gold_temperature"] == 0.0001
+    for name in ("base", "mine"):
+        greedy = [row["answers"][name] for row in results["samples"]]
+        lines = (tmp_path / "eval" / "answers" / f"{name}.sampled.jsonl").read_text().splitlines()[1:]
+        assert [json.loads(line)["answer"] for line in lines] == [[g] * 3 for g in greedy]
+    assert "over 3 answers per prompt sampled at temperature 0.0001" in format_table(results, ["base", "mine"])
+
+    temperatures.clear()
+    assert main([*args, "--gold_temperature", "1.5"]) == 0  # the cached samples were drawn at another temperature; both spellings
+    assert temperatures.count((3, 1.5)) == 2
+    assert "at temperature 1.5" in format_table(json.loads((tmp_path / "eval" / "results.json").read_text()), ["base", "mine"])
+
+
+def test_gold_temperature_zero_is_refused_naming_the_key():
+    from alignkit.config_pipeline import EvalConfig
+
+    with pytest.raises(AlignkitError, match=r"gold_temperature"):
+        config_from_dict(EvalConfig, {"data": "prompts.jsonl", "gold": "hhh-mini-gold", "gold_samples": 4, "gold_temperature": 0})
+
+
 def test_sampled_gold_without_a_gold_function_is_refused_before_anything_runs():
     from alignkit.config_pipeline import EvalConfig
 

@@ -6,9 +6,9 @@
    rerun or a resumed pipeline does not generate twice);
 2. each policy also samples `kl_samples` answers per prompt for KL(policy || reference) (k1, nats per
    answer): the policy's log-probs come from the sampling pass, the reference scores the sampled tokens;
-   with `gold_samples`, every model samples that many answers per prompt (temperature 1, cached beside the
-   greedy ones), and the gold function's mean over them is the model's sampled gold: its expected gold, what
-   RL raises, which greedy decoding can hide;
+   with `gold_samples`, every model samples that many answers per prompt (at `gold_temperature`, 1 by default;
+   cached beside the greedy ones), and the gold function's mean over them is the model's sampled gold: its
+   expected gold, what RL raises, which greedy decoding can hide;
 3. the answers are scored by the gold function, the reward model (ensemble mean and std) and,
    for each policy-reference pair, the pairwise judge in both orders (a local model, or an
    OpenAI-compatible endpoint: `judge_endpoint`, or a URL given as `judge`);
@@ -107,18 +107,19 @@ def greedy_answers(name: str, path: str, model, tokenizer, rows: list[dict], con
 
 
 def sampled_answers(name: str, path: str, model, tokenizer, rows: list[dict], config, out_dir: Path) -> list[list[str]]:
-    """`gold_samples` answers per prompt at temperature 1 (cached in `<out>/answers/<name>.sampled.jsonl`)."""
+    """`gold_samples` answers per prompt at `gold_temperature` (cached in `<out>/answers/<name>.sampled.jsonl`)."""
     import torch
 
     def answer():
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             return sample_answers(model, tokenizer, [r["prompt"] for r in rows], config.gold_samples, config.max_new_tokens,
-                                  config.generation_batch_size or config.batch_size, bf16=config.mixed_precision == "bf16", progress=True)
+                                  config.generation_batch_size or config.batch_size, temperature=config.gold_temperature,
+                                  bf16=config.mixed_precision == "bf16", progress=True)
 
-    key = {**_cache_key(path, config, len(rows)), "samples": config.gold_samples, "seed": config.seed}
-    return _cached_answers(out_dir / "answers" / f"{name}.sampled.jsonl", key, rows,
-                           f"{name}'s {config.gold_samples} sampled answers to each of {len(rows)} prompts", answer)
+    key = {**_cache_key(path, config, len(rows)), "samples": config.gold_samples, "temperature": config.gold_temperature, "seed": config.seed}
+    return _cached_answers(out_dir / "answers" / f"{name}.sampled.jsonl", key, rows, f"{name}'s {config.gold_samples} sampled "
+                           f"answers (temperature {config.gold_temperature:g}) to each of {len(rows)} prompts", answer)
 
 
 def policy_kl(policy, reference, tokenizer, rows: list[dict], config) -> float:
@@ -260,7 +261,7 @@ def evaluate_models(models: dict[str, str], reference: str, config, out_dir: str
     scores = score_all(answers, rows, config, samples)
     judged = judge_outcomes(answers, reference, rows, config, judge_model) if (config.judge or config.judge_endpoint) else {}
     results = {"reference": reference, "paths": models, "prompts": len(rows), "data": config.data,
-               **({"gold_samples": config.gold_samples} if samples else {}),
+               **({"gold_samples": config.gold_samples, "gold_temperature": config.gold_temperature} if samples else {}),
                "models": add_sycophancy(compare_all(answers, scores, judged, kls, reference, tokenizer, config), answers, rows),
                "samples": [{"prompt": r["prompt"], **{k: r[k] for k in ("category",) if k in r},
                             "answers": {name: answers[name][i] for name in answers},
@@ -333,7 +334,7 @@ def format_table(results: dict, order: list[str] | None = None, ood: dict | None
         lines.append(" ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, (_, w, _)) in enumerate(zip(cells, columns))))
     ood_note = f" and {ood['prompts']} OOD prompts (held-out phrasings)" if ood_models else ""
     sampled_note = (f"; sampled gold: the gold function's mean over {results['gold_samples']} answers per prompt sampled at "
-                    f"temperature 1, greedy elsewhere" if has("sampled_gold") and results.get("gold_samples") else "")
+                    f"temperature {results.get('gold_temperature', 1.0):g}, greedy elsewhere" if has("sampled_gold") and results.get("gold_samples") else "")
     lines.append(f"({results['prompts']} evaluation prompts{ood_note}{sampled_note}; gold - {reference}: mean paired difference per prompt; win rates "
                  f"count ties as half; 95% bootstrap intervals; KL(model || {reference}) in nats per sampled answer; length in tokens; "
                  f"syco: share of answers agreeing with a user's false claim)")

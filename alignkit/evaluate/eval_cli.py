@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "or --judge-endpoint) is asked for, e.g. gpt-4o-mini [default: the endpoint's default]")
     defaults, helps = EvalConfig(), field_help(EvalConfig)
     for name, text in helps.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"{text} [default: {getattr(defaults, name)!r}]")
+        spellings = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])  # --gold-samples and --gold_samples, as the stages take
+        parser.add_argument(*spellings, dest=name, default=None, help=f"{text} [default: {getattr(defaults, name)!r}]")
 
 
 def _named(spec: str, fallback: str) -> tuple[str, str]:

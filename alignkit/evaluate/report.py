@@ -172,7 +172,8 @@ def results_section(results: dict) -> str:
              f'<div class="charts">{interval_chart("Win rate against " + reference + " (95% CI; ties count half)", rows)}</div>',
              "\n".join(table),
              f'<p class="muted">KL(model || {html.escape(reference)}) is the k1 estimate on sampled answers, nats per answer.'
-             + (f" Sampled gold: the gold function's mean over {results['gold_samples']} answers per prompt sampled at temperature 1 "
+             + (f" Sampled gold: the gold function's mean over {results['gold_samples']} answers per prompt sampled at temperature "
+                f"{results.get('gold_temperature', 1.0):g} "
                 f"(the policy's expected gold); gold alone scores the greedy answer." if results.get("gold_samples") else "") + "</p>"]
     for name, m in models.items():
         if m.get("judge_bias"):
