@@ -66,6 +66,7 @@ class RejectionSamplingConfig(SamplingArgs, SFTConfig):
 
 
 ITERATE_METHODS = ("dpo", "kto", "rs")
+ITERATE_STOP_ON = ("greedy", "sampled")
 
 
 @dataclass
@@ -89,6 +90,13 @@ class IterateConfig(SamplingArgs, ModelArgs):
     eval_function: str = option("", "Scores held-out answers (module:function or hhh-mini-gold); empty: the labeller.")
     eval_max_new_tokens: int = option(48, "Length of the greedy held-out answers.", ge=1)
     eval_batch_size: int = option(25, "Prompts per generate call in the evaluation.", ge=1)
+    eval_samples: int = option(0, "Also sample this many answers per held-out prompt at eval_temperature: each set gets a "
+                                  "`<set> sampled` score, the mean over them, the policy's expected score (eval's sampled "
+                                  "gold; 0: greedy answers only).", ge=0, range_text="0 (greedy only) or a positive count")
+    eval_temperature: float = option(1.0, "Sampling temperature of the eval_samples answers.", gt=0,
+                                     why="temperature 0 is greedy decoding, which the greedy score already measures")
+    stop_on: str = option("greedy", "The validation score the stop rule and the best round read: greedy (the greedy answers) "
+                                    "or sampled (the eval_samples mean).")
     patience: int = option(1, "Stop after this many rounds in a row without a validation gain of min_improvement.", ge=1)
     min_improvement: float = option(0.0, "The validation gain over the best round so far that counts as improving.", ge=0)
     train: dict = option({}, "Overrides for each round's training stage (alignkit dpo / kto / sft keys: learning_rate, max_steps, "
@@ -110,6 +118,10 @@ class IterateConfig(SamplingArgs, ModelArgs):
             raise AlignkitError("iterate: human: true labels by votes; remove reward_function / reward_model / reward_url (or set human: false)")
         if self.human and not self.eval_function:
             raise AlignkitError("iterate: with human: true set eval_function (module:function) to score held-out answers between rounds")
+        choose(self, "stop_on", ITERATE_STOP_ON)
+        if self.stop_on == "sampled" and not self.eval_samples:
+            raise AlignkitError("iterate: stop_on: sampled reads the validation prompts' sampled score; set eval_samples "
+                                "(answers per prompt, e.g. 8) or stop_on: greedy")
         if self.method != "rs" and self.samples < 2:
             raise AlignkitError(f"iterate: method {self.method} needs pairs; set samples to 2 or more")
 

@@ -9,14 +9,16 @@
             quality.json     the data-quality report of those pairs (`alignkit data inspect`)
             reward/          optional: a reward model retrained on every round's pairs so far
             policy/          the round's DPO / KTO / rejection-sampling SFT run, from the last round's policy
-            eval.json        greedy answers scored on every prompt set, with paired intervals against the start
-                             and the previous round
+            eval.json        greedy answers scored on every prompt set (with eval_samples, also each set's
+                             sampled score: the mean over K sampled answers per prompt), with paired intervals
+                             against the start and the previous round
     rounds.json, report.html the round table and a chart of the validation and report scores by round
 
 Every step writes its file atomically and is skipped when the file is there, and each round's training
 resumes from its own checkpoints (resume: auto), so a killed run continues where it stopped when it is run
-again with the same output_dir. The stop rule and the best round look only at `eval_prompts`: choose settings
-there and report the other sets once.
+again with the same output_dir (a round evaluated under other eval settings is evaluated again). The stop rule
+and the best round look only at `eval_prompts` (greedy, or with stop_on: sampled their sampled score): choose
+settings there and report the other sets once.
 """
 
 from __future__ import annotations
@@ -173,7 +175,9 @@ def train_round(config: IterateConfig, number: int, policy: str, data: Path, fol
 # ---------------------------------------------------------------- evaluation
 
 class Evaluator:
-    """Greedy answers of a policy to the validation prompts and every report set, scored by eval_function (or the labeller)."""
+    """Greedy answers of a policy to the validation prompts and every report set, scored by eval_function (or the labeller);
+    with eval_samples, also each set's `<set> sampled` score: the mean over that many answers per prompt sampled at
+    eval_temperature."""
 
     def __init__(self, config: IterateConfig):
         from alignkit.rl.rewards import build_rewards
@@ -182,24 +186,32 @@ class Evaluator:
         sets = {"val": config.eval_prompts, **config.report_prompts}
         self.sets = {name: load_dataset(path, PROMPT_KINDS, f"iterate {name} prompts")[0] for name, path in sets.items()}
         self.rewards = build_rewards(config.eval_specs())
+        self.names = [f"{name}{suffix}" for name in self.sets for suffix in ("", " sampled")[: 2 if config.eval_samples else 1]]
+        self.stop_set = "val sampled" if config.stop_on == "sampled" else "val"
 
     def scores(self, policy: str) -> dict[str, list[float]]:
         import torch
 
-        from alignkit.models.generation import generate_answers
+        from alignkit.evaluate.compare import mean_over_samples
+        from alignkit.models.generation import generate_answers, sample_answers
         from alignkit.models.load import load_causal_lm, load_tokenizer
 
         config = self.config
         tokenizer = load_tokenizer(policy, config.trust_remote_code, config.chat_template, config.chat_template_path)
         model = load_causal_lm(policy, trust_remote_code=config.trust_remote_code, allow_unsafe_pickle=config.allow_unsafe_pickle)
+        score = lambda prompts, texts, columns: self.rewards.raw_scores(prompts, texts, columns)[0].tolist()  # noqa: E731
+        bf16 = config.mixed_precision == "bf16"
         out = {}
         for name, rows in self.sets.items():
-            prompts = [r["prompt"] for r in rows]
+            prompts, columns = [r["prompt"] for r in rows], prompt_columns(rows)
             torch.manual_seed(config.seed)
-            answers = generate_answers(model, tokenizer, prompts, config.eval_max_new_tokens, config.eval_batch_size,
-                                       bf16=config.mixed_precision == "bf16")
-            scores = self.rewards.raw_scores(prompts, answers, prompt_columns(rows))[0]
-            out[name] = [round(float(x), 6) for x in scores.tolist()]
+            answers = generate_answers(model, tokenizer, prompts, config.eval_max_new_tokens, config.eval_batch_size, bf16=bf16)
+            out[name] = [round(float(x), 6) for x in score(prompts, answers, columns)]
+            if config.eval_samples:
+                torch.manual_seed(config.seed)
+                samples = sample_answers(model, tokenizer, prompts, config.eval_samples, config.eval_max_new_tokens,
+                                         config.eval_batch_size, config.eval_temperature, bf16=bf16)
+                out[f"{name} sampled"] = [round(x, 6) for x in mean_over_samples(score, prompts, samples, columns)]
         return out
 
 
@@ -207,7 +219,9 @@ def evaluate_round(config: IterateConfig, number: int, policy: str, evaluator: E
     """round_N/eval.json: per prompt set the mean with its interval and the paired differences to the start and the last round."""
     file = Path(config.output_dir) / f"round_{number}" / "eval.json"
     if file.is_file():
-        return json.loads(file.read_text())
+        done = json.loads(file.read_text())
+        if list(done["sets"]) == evaluator.names:  # else written under other eval settings: evaluated again
+            return done
     ci = dict(confidence=config.confidence, n_resamples=config.bootstrap, seed=config.seed)
     result = {"round": number, "policy": policy, "sets": {}}
     for name, values in evaluator.scores(policy).items():
@@ -241,12 +255,12 @@ def run_iterate(config: IterateConfig) -> dict:
         history.append(evaluate_round(config, number, policy, evaluator, history))
         history[-1]["rows"] = rows
         log.info(format_rounds(history, best=None))
-        if history[-1]["sets"]["val"]["mean"] > history[best]["sets"]["val"]["mean"] + config.min_improvement:
+        if history[-1]["sets"][evaluator.stop_set]["mean"] > history[best]["sets"][evaluator.stop_set]["mean"] + config.min_improvement:
             best, stale = number, 0
         else:
             stale += 1
         if stale >= config.patience:
-            stop = f"validation score did not improve by {config.min_improvement} for {stale} round(s)"
+            stop = f"validation score ({evaluator.stop_set}) did not improve by {config.min_improvement} for {stale} round(s)"
             break
     summary = {"rounds": history, "best_round": best, "best_policy": history[best]["policy"],
                "stopped": stop or f"ran all {config.rounds} rounds"}

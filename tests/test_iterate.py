@@ -75,6 +75,35 @@ def test_rounds_sample_label_train_evaluate_and_are_reused(tmp_path, tiny_path, 
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_eval_samples_add_a_sampled_score_per_set_which_stop_on_sampled_reads(tmp_path, tiny_path, write_jsonl, monkeypatch):
+    """With eval_samples each set also gets `<set> sampled`: per prompt, the scorer's mean over that many answers sampled
+    at eval_temperature; stop_on: sampled stops on the validation one. A run evaluated without it is evaluated again
+    (its samples and training reused)."""
+    from alignkit.models import generation
+
+    values = _values(tmp_path, tiny_path, write_jsonl, rounds=2, patience=1)
+    run_iterate(config_from_dict(IterateConfig, {**values, "rounds": 1}))
+    samples = tmp_path / "it" / "round_1" / "samples.jsonl"
+    stamp = samples.stat().st_mtime_ns
+
+    calls, real = [], generation.sample_answers
+    def fake_sample_answers(model, tokenizer, prompts, k, max_new_tokens, batch_size, temperature, *args, **kwargs):
+        if k == 1:  # the greedy answers
+            return real(model, tokenizer, prompts, k, max_new_tokens, batch_size, temperature, *args, **kwargs)
+        calls.append((len(prompts), k, temperature))
+        return [["one two", "one two three four"] for _ in prompts]  # word counts 2 and 4: a mean of 3 for every prompt
+    monkeypatch.setattr(generation, "sample_answers", fake_sample_answers)
+    summary = run_iterate(config_from_dict(IterateConfig, {**values, "eval_samples": 2, "eval_temperature": 0.7, "stop_on": "sampled"}))
+    assert calls and set(calls) == {(3, 2, 0.7)}  # val and test, 3 prompts each, every round evaluated
+    assert samples.stat().st_mtime_ns == stamp  # round 1 was not sampled again, only evaluated
+    for h in summary["rounds"]:
+        assert list(h["sets"]) == ["val", "val sampled", "test", "test sampled"]
+        assert h["sets"]["val sampled"]["scores"] == [3.0, 3.0, 3.0] and h["sets"]["test sampled"]["mean"] == pytest.approx(3.0)
+    # the sampled validation score never improves, so round 1 is the last whatever the greedy one did
+    assert [h["round"] for h in summary["rounds"]] == [0, 1] and "(val sampled) did not improve" in summary["stopped"]
+    assert summary["rounds"][1]["sets"]["val sampled"]["vs_start"]["mean"] == 0.0
+
+
 def test_a_round_resumes_after_kill_9(tmp_path, tiny_path, write_jsonl):
     values = _values(tmp_path, tiny_path, write_jsonl, rounds=1, train={"max_steps": 6, "batch_size": 2, "save_every": 1})
     config_file = tmp_path / "iterate.yaml"
@@ -144,5 +173,9 @@ def test_iterate_config_errors_are_sentences(tmp_path, tiny_path, write_jsonl):
         config_from_dict(IterateConfig, {**values, "eval_prompts": ""})
     with pytest.raises(AlignkitError, match="needs a labeller"):
         config_from_dict(IterateConfig, {**values, "reward_function": ""})
+    with pytest.raises(AlignkitError, match="stop_on: sampled reads the validation prompts' sampled score; set eval_samples"):
+        config_from_dict(IterateConfig, {**values, "stop_on": "sampled"})
+    with pytest.raises(AlignkitError, match="stop_on must be one of greedy, sampled"):
+        config_from_dict(IterateConfig, {**values, "stop_on": "best"})
     with pytest.raises(AlignkitError, match="method must be one of dpo, kto, rs"):
         config_from_dict(IterateConfig, {**values, "method": "ppo"})

@@ -162,6 +162,15 @@ def all_answers(models: dict[str, str], reference: str, rows: list[dict], config
 
 # ---------------------------------------------------------------- scores and comparisons
 
+def mean_over_samples(score, prompts: list, per_prompt: list[list[str]], columns: dict) -> list[float]:
+    """Per prompt, the mean of `score(prompts, texts, columns)` over its answers: per_prompt[i] holds prompt i's K answers,
+    each scored with its row's columns, all in one call."""
+    k = len(per_prompt[0])
+    repeat = lambda values: [v for v in values for _ in range(k)]  # noqa: E731
+    flat = score(repeat(prompts), [text for texts in per_prompt for text in texts], {c: repeat(v) for c, v in columns.items()})
+    return np.asarray(flat, float).reshape(len(prompts), k).mean(1).tolist()
+
+
 def score_all(answers: dict[str, list[str]], rows: list[dict], config, samples: dict[str, list[list[str]]] | None = None) -> dict[str, dict[str, list]]:
     """{model: {"gold": [...], "sampled_gold": [...], "reward": [...], "reward_std": [...]}} for the configured scorers;
     sampled_gold, per prompt, is the gold function's mean over that model's `samples`."""
@@ -171,11 +180,8 @@ def score_all(answers: dict[str, list[str]], rows: list[dict], config, samples: 
         gold = FunctionReward(config.gold)
         for name, texts in answers.items():
             scores[name]["gold"] = gold(prompts, texts, columns)
-        for name, per_prompt in (samples or {}).items():  # (N, K) answers: K per prompt, each scored with its row's columns
-            k = len(per_prompt[0])
-            repeat = lambda values: [v for v in values for _ in range(k)]  # noqa: E731
-            flat = gold(repeat(prompts), [text for texts in per_prompt for text in texts], {c: repeat(v) for c, v in columns.items()})
-            scores[name]["sampled_gold"] = np.asarray(flat, float).reshape(len(prompts), k).mean(1).tolist()
+        for name, per_prompt in (samples or {}).items():
+            scores[name]["sampled_gold"] = mean_over_samples(gold, prompts, per_prompt, columns)
     if config.reward_model:
         model = RewardModel.load(config.reward_model, bf16=config.mixed_precision == "bf16")
         # every model's answers in one call: an answer two models share is scored once, so it ties exactly
