@@ -23,6 +23,7 @@ settings there and report the other sets once.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import random
@@ -265,12 +266,12 @@ def run_iterate(config: IterateConfig) -> dict:
     summary = {"rounds": history, "best_round": best, "best_policy": history[best]["policy"],
                "stopped": stop or f"ran all {config.rounds} rounds"}
     write_json(out / "rounds.json", summary)
-    write_round_report(out, history, best)
-    print(format_rounds(history, best))
+    write_round_report(out, history, best, evaluator.stop_set)
+    print(format_rounds(history, best, evaluator.stop_set))
     return summary
 
 
-def format_rounds(history: list[dict], best: int | None) -> str:
+def format_rounds(history: list[dict], best: int | None, chosen_on: str = "val") -> str:
     names = list(history[0]["sets"])
     header = f"{'round':<6}" + "".join(f" {name + ' [95% CI]':>24} {name + ' - start [95% CI]':>27}" for name in names) + f" {'rows':>6}"
     lines = [header, "-" * len(header)]
@@ -281,17 +282,17 @@ def format_rounds(history: list[dict], best: int | None) -> str:
             delta = s.get("vs_start")
             line += f" {s['mean']:>8.3f} [{s['low']:.3f}, {s['high']:.3f}]"
             line += f" {delta['mean']:+8.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}]" if delta and h["round"] else f" {'(start)':>27}"
-        line += f" {h.get('rows', '-'):>6}" + ("  <- best on val" if best == h["round"] else "")
+        line += f" {h.get('rows', '-'):>6}" + (f"  <- best on {chosen_on}" if best == h["round"] else "")
         lines.append(line)
     return "\n".join(lines)
 
 
-def write_round_report(out: Path, history: list[dict], best: int) -> None:
+def write_round_report(out: Path, history: list[dict], best: int, chosen_on: str = "val") -> None:
     """report.html: the round table and the mean score of every prompt set by round."""
     series = {name: [(h["round"], h["sets"][name]["mean"]) for h in history] for name in history[0]["sets"]}
     chart = line_chart("held-out score by round", series, "mean score", xlabel="round")
-    table = format_rounds(history, best).replace("&", "&amp;").replace("<", "&lt;")
+    table = format_rounds(history, best, chosen_on).replace("&", "&amp;").replace("<", "&lt;")
     with atomic_file(out / "report.html") as tmp:
         tmp.write_text(f"<!doctype html><meta charset='utf-8'><title>alignkit iterate</title><h1>alignkit iterate: {out}</h1>"
-                       f"<p>Best round on the validation prompts: {best}.</p><pre>{table}</pre>{chart}")
+                       f"<p>Best round on the validation prompts ({html.escape(chosen_on)}): {best}.</p><pre>{table}</pre>{chart}")
 

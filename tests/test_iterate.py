@@ -102,6 +102,7 @@ def test_eval_samples_add_a_sampled_score_per_set_which_stop_on_sampled_reads(tm
     # the sampled validation score never improves, so round 1 is the last whatever the greedy one did
     assert [h["round"] for h in summary["rounds"]] == [0, 1] and "(val sampled) did not improve" in summary["stopped"]
     assert summary["rounds"][1]["sets"]["val sampled"]["vs_start"]["mean"] == 0.0
+    assert "<- best on val sampled" in (tmp_path / "it" / "report.html").read_text().replace("&lt;", "<")
 
 
 def test_a_round_resumes_after_kill_9(tmp_path, tiny_path, write_jsonl):
