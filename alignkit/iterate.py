@@ -189,6 +189,8 @@ class Evaluator:
         self.rewards = build_rewards(config.eval_specs())
         self.names = [f"{name}{suffix}" for name in self.sets for suffix in ("", " sampled")[: 2 if config.eval_samples else 1]]
         self.stop_set = "val sampled" if config.stop_on == "sampled" else "val"
+        self.settings = {"sets": self.names, "max_new_tokens": config.eval_max_new_tokens, "samples": config.eval_samples,
+                         "temperature": config.eval_temperature if config.eval_samples else None}  # what a round's eval.json depends on
 
     def scores(self, policy: str) -> dict[str, list[float]]:
         import torch
@@ -221,10 +223,10 @@ def evaluate_round(config: IterateConfig, number: int, policy: str, evaluator: E
     file = Path(config.output_dir) / f"round_{number}" / "eval.json"
     if file.is_file():
         done = json.loads(file.read_text())
-        if list(done["sets"]) == evaluator.names:  # else written under other eval settings: evaluated again
+        if done.get("settings") == evaluator.settings:  # else written under other eval settings: evaluated again
             return done
     ci = dict(confidence=config.confidence, n_resamples=config.bootstrap, seed=config.seed)
-    result = {"round": number, "policy": policy, "sets": {}}
+    result = {"round": number, "policy": policy, "settings": evaluator.settings, "sets": {}}
     for name, values in evaluator.scores(policy).items():
         entry = {**mean_ci(values, **ci), "scores": values}
         for key, other in (("vs_start", history[0] if history else None), ("vs_previous", history[-1] if history else None)):

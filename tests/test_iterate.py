@@ -77,8 +77,8 @@ def test_rounds_sample_label_train_evaluate_and_are_reused(tmp_path, tiny_path, 
 
 def test_eval_samples_add_a_sampled_score_per_set_which_stop_on_sampled_reads(tmp_path, tiny_path, write_jsonl, monkeypatch):
     """With eval_samples each set also gets `<set> sampled`: per prompt, the scorer's mean over that many answers sampled
-    at eval_temperature; stop_on: sampled stops on the validation one. A run evaluated without it is evaluated again
-    (its samples and training reused)."""
+    at eval_temperature; stop_on: sampled stops on the validation one. A run evaluated without it, or at another
+    temperature, is evaluated again (its samples and training reused)."""
     from alignkit.models import generation
 
     values = _values(tmp_path, tiny_path, write_jsonl, rounds=2, patience=1)
@@ -103,6 +103,9 @@ def test_eval_samples_add_a_sampled_score_per_set_which_stop_on_sampled_reads(tm
     assert [h["round"] for h in summary["rounds"]] == [0, 1] and "(val sampled) did not improve" in summary["stopped"]
     assert summary["rounds"][1]["sets"]["val sampled"]["vs_start"]["mean"] == 0.0
     assert "<- best on val sampled" in (tmp_path / "it" / "report.html").read_text().replace("&lt;", "<")
+    calls.clear()  # another temperature: every round is evaluated again, nothing sampled for training again
+    run_iterate(config_from_dict(IterateConfig, {**values, "eval_samples": 2, "eval_temperature": 1.3, "stop_on": "sampled"}))
+    assert calls and set(calls) == {(3, 2, 1.3)} and samples.stat().st_mtime_ns == stamp
 
 
 def test_a_round_resumes_after_kill_9(tmp_path, tiny_path, write_jsonl):
